@@ -1,0 +1,226 @@
+"""The `sweep` command. Each subcommand is a thin layer over the packages."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _set_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override {what} (repeatable), e.g. budget.trials=4 or base.train.epochs=1")
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="SQLAlchemy URL of the results (default: sqlite file in --dir)")
+    p.add_argument("--dir", default="runs", help="folder for default SQLite storage (default: ./runs)")
+
+
+def cmd_validate(args) -> int:
+    from search_spaces import describe, load_spec
+    print(describe(load_spec(args.spec, args.sets, args.preset)))
+    return 0
+
+
+def _load(args):
+    from search_spaces import load_spec
+    sets = list(args.sets)
+    if args.trials is not None:
+        sets.append(f"budget.trials={args.trials}")
+    if args.engine:
+        sets.append(f"engine={args.engine}")
+    return load_spec(args.spec, sets, args.preset)
+
+
+def cmd_run(args) -> int:
+    import analysis
+    import sweeps
+    spec = _load(args)
+    url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
+    print(f"sweep {spec.name!r} on {spec.engine}: results in {url}", flush=True)
+    summary = sweeps.run(spec, url, quiet=args.quiet)
+    frame = analysis.load(spec, url)
+    if len(frame):
+        table = analysis.trials_table(frame, spec.objective.metric, spec.objective.mode)
+        print(analysis.render(table.head(args.top)))
+    budget = f"/{summary.budget}" if summary.budget else ""
+    print(f"{summary.finished}{budget} trials finished; best: "
+          + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"
+             if summary.best_number is not None else "none yet"))
+    if summary.interrupted:
+        print("stopped; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_status(args) -> int:
+    import analysis
+    print(analysis.status(args.sweep, args.storage, args.dir))
+    return 0
+
+
+def cmd_table(args) -> int:
+    import analysis
+    frame = analysis.load(args.sweep, args.storage, args.dir)
+    objective = frame.attrs.get("spec", {}).get("objective") or {}
+    if args.by is not None or args.summary:
+        by = [c for c in (args.by or "").split(",") if c]
+        table = analysis.summary(frame, by or None, args.metric)
+    else:
+        table = analysis.trials_table(frame, objective.get("metric", "val_error"), objective.get("mode", "min"))
+    print(analysis.render(table, args.format))
+    return 0
+
+
+def _parse_sets(sets: list[str]) -> dict:
+    from trainable import ConfigError
+    out = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(item, "an override is key=value", "write e.g. --set train.epochs=1")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from trainable import from_flat, train
+    cfg = from_flat(_parse_sets(args.sets))
+
+    def report(epoch, metrics):
+        if args.json:
+            print(json.dumps({"epoch": epoch, **metrics}), flush=True)
+        else:
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"epoch {epoch:>3}  {shown}", flush=True)
+
+    result = train(cfg, report)
+    if args.json:
+        print(json.dumps({"final": True, **result}))
+    else:
+        print("final  " + "  ".join(f"{k}={v:.4g}" for k, v in result.items()))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from trainable.config import defaults_text
+    print(defaults_text())
+    return 0
+
+
+def cmd_models(args) -> int:
+    from trainable.config import from_flat
+    from trainable.models import MODELS, build_model
+    if not args.name:
+        for name in MODELS.names():
+            doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name}: {doc[0] if doc else ''}")
+        print("options (model.*): see `sweep config --defaults`")
+        return 0
+    sets = {f"model.{k}": v for k, v in _parse_sets(args.sets).items()}
+    cfg = from_flat({"model.name": args.name, **sets})
+    model = build_model(cfg.model, 10, 1 if args.channels == 1 else 3)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{args.name}: {n:,} parameters ({n / 1e6:.2f}M)")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from analysis.load import open_study, sweep_name
+    from sweeps.storage import resolve
+    name = sweep_name(args.sweep)
+    url = resolve(name, args.storage, args.dir)
+    open_study(name, url)  # fails clearly if the sweep does not exist
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        print("error: optuna-dashboard is not installed; fix: pip install optuna-dashboard", file=sys.stderr)
+        return 2
+    print(f"dashboard for {name!r}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call([exe, url, "--host", "127.0.0.1", "--port", str(args.port)])
+    except KeyboardInterrupt:
+        return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sweep", description="Random-search sweeps for PyTorch image classification.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a sweep (run it again to resume)")
+    p.add_argument("spec")
+    p.add_argument("--engine", choices=["optuna", "ray"])
+    _where(p)
+    p.add_argument("--trials", type=int, help="trial budget (overrides budget.trials)")
+    p.add_argument("--preset", help="apply a named preset of the spec (e.g. cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--top", type=int, default=10, help="rows of the final table")
+    _set_args(p, "spec keys")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("validate", help="check a spec and print it resolved")
+    p.add_argument("spec")
+    p.add_argument("--preset")
+    _set_args(p, "spec keys")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("status", help="trials by state and the best so far")
+    p.add_argument("sweep", help="sweep name or spec file")
+    _where(p)
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("table", help="the sweep's trials, or a summary grouped --by columns")
+    p.add_argument("sweep", help="sweep name or spec file")
+    _where(p)
+    p.add_argument("--by", help="comma-separated columns to group by (median and spread over the rest)")
+    p.add_argument("--summary", action="store_true", help="group by every sampled parameter (seeds pooled)")
+    p.add_argument("--metric", default="test_error", help="metric summarised by --by (default test_error)")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("train", help="run one trial without an engine")
+    _set_args(p, "trial-config keys")
+    p.add_argument("--json", action="store_true", help="one JSON object per epoch, the result last")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("config", help="the trial config's keys")
+    p.add_argument("--defaults", action="store_true", help="print every key with its default (the default)")
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("models", help="registered architectures")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    _set_args(p, "model keys (without the model. prefix)")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the sweep's storage, bound to 127.0.0.1")
+    p.add_argument("sweep")
+    _where(p)
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(fn=cmd_dashboard)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from analysis import SweepNotFound
+    from search_spaces import SpecError
+    from sweeps import SweepError
+    from trainable import TrialError
+    try:
+        return args.fn(args)
+    except (SpecError, TrialError, SweepError, SweepNotFound) as e:
+        print(f"error: {e.args[0] if isinstance(e, SweepNotFound) else e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # registries and --by name the choices in their message
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

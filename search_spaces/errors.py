@@ -1,0 +1,25 @@
+"""Spec errors that say where (file:line), what (key and rule) and how to fix."""
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    def __init__(self, source: str, line: int | None, key: str, message: str, fix: str = ""):
+        self.source, self.line, self.key, self.message, self.fix = source, line, key, message, fix
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where} {key}: {message}" + (f"; fix: {fix}" if fix else ""))
+
+
+class Where:
+    """Maps a path in the spec tree to its source line, for error messages."""
+
+    def __init__(self, source: str, lines: dict[tuple, int], overrides: dict[tuple, str] | None = None):
+        self.source, self.lines, self.overrides = source, lines, overrides or {}
+
+    def error(self, path: tuple, message: str, fix: str = "", key: str | None = None) -> SpecError:
+        key = key or ".".join(map(str, path)) or "(top level)"
+        for i in range(len(path), -1, -1):  # an override or the nearest enclosing node
+            if path[:i] in self.overrides:
+                return SpecError(self.overrides[path[:i]], None, key, message, fix)
+            if path[:i] in self.lines:
+                return SpecError(self.source, self.lines[path[:i]], key, message, fix)
+        return SpecError(self.source, None, key, message, fix)

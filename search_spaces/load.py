@@ -1,0 +1,324 @@
+"""Parse and validate a YAML spec (plus presets and `--set` overrides) into a SweepSpec.
+
+Everything is checked before anything runs, and every error names the file,
+the line, the key and the fix.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainable.config import TrialConfig, check_choices, coerce, flatten, leaf_keys, unknown_key, with_key
+from trainable.errors import ConfigError
+
+from .dists import DISTRIBUTIONS, EXTRA_KEYS, Fixed, Grid, possible_values
+from .errors import SpecError, Where
+from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpec
+
+BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
+          "resources": Resources}
+TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "space", "presets", "reference")
+ENGINES = ("optuna", "ray")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None) -> SweepSpec:
+    """Read a spec file, apply a preset and `key=value` overrides, validate it."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecError(source, None, "(file)", f"cannot read the spec: {e.strerror}",
+                        "check the path; shipped specs are in spaces/") from None
+    return parse_spec(text, source, overrides, preset)
+
+
+def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
+               preset: str | None = None) -> SweepSpec:
+    try:
+        raw = yaml.safe_load(text)
+        lines = _lines(yaml.compose(text)) if raw is not None else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(source, mark.line + 1 if mark else None, "(yaml)",
+                        f"not valid YAML: {getattr(e, 'problem', e)}", "fix the YAML syntax at that line") from None
+    where = Where(source, lines)
+    if not isinstance(raw, dict):
+        raise where.error((), f"a spec is a mapping of keys, got {type(raw).__name__}",
+                          "start from spaces/quickstart.yaml")
+    raw = copy.deepcopy(raw)
+    if preset is not None:
+        presets = raw.get("presets") or {}
+        if preset not in presets:
+            raise where.error(("presets",), f"no preset {preset!r}",
+                              f"use one of: {', '.join(presets) or '(none defined)'}", key="--preset")
+        items = presets[preset]
+        if not isinstance(items, dict):
+            raise where.error(("presets", preset), "a preset is a mapping of key: value overrides",
+                              "write e.g. {base.data.subset: 2000}")
+        for key, value in items.items():
+            _apply(raw, str(key), value, where, f"preset {preset} ({source}:{lines.get(('presets', preset, key), '?')})")
+    for item in overrides:
+        key, eq, text_value = item.partition("=")
+        if not eq or not key:
+            raise SpecError("--set", None, item, "an override is key=value", "write e.g. --set budget.trials=4")
+        try:
+            value = yaml.safe_load(text_value)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item}", None, key, f"cannot parse value {text_value!r}",
+                            "quote strings; use YAML syntax for lists") from None
+        _apply(raw, key.strip(), value, where, f"--set {item}")
+    return _validate(raw, where)
+
+
+def _lines(node, path: tuple = ()) -> dict[tuple, int]:
+    out = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            sub = path + (k.value,)
+            out.update(_lines(v, sub))
+            out[sub] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_lines(v, path + (i,)))
+    return out
+
+
+def _override_path(key: str) -> tuple:
+    head, _, rest = key.partition(".")
+    if head in ("space", "presets") and rest:  # space keys are themselves dotted
+        return (head, rest)
+    return tuple(key.split("."))
+
+
+def _apply(raw: dict, key: str, value, where: Where, origin: str) -> None:
+    path = _override_path(key)
+    node = raw
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise SpecError(origin, None, key, f"{part} is not a mapping here", "override a key inside a mapping")
+        node = nxt
+    node[path[-1]] = value
+    where.overrides[path] = origin
+
+
+# ---- validation ----------------------------------------------------------
+
+def _validate(raw: dict, where: Where) -> SweepSpec:
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown(where, (key,), str(key), TOP_KEYS)
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise where.error(("name",), f"needs a name of letters, digits, '_', '-' or '.', got {name!r}",
+                          "add e.g. `name: my_sweep` (it names the study and its storage file)", key="name")
+    engine = raw.get("engine", "optuna")
+    if engine not in ENGINES:
+        raise where.error(("engine",), f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")
+    seeds = raw.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise where.error(("seeds",), f"must be a positive integer, got {seeds!r}", "use seeds: 1 or more")
+    blocks = {k: _block(cls, raw.get(k), (k,), where) for k, cls in BLOCKS.items()}
+    base = _base(raw.get("base"), where)
+    space = _space(raw.get("space"), base, where)
+    sampler = blocks["sampler"]
+    if sampler.name == "grid":
+        space = _as_grid(space, where)
+    _check_budget(blocks["budget"], space, where)
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise where.error(("presets",), "presets is a mapping of name: {key: value}", "write presets: {cpu: {...}}")
+    reference = raw.get("reference") or []
+    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
+        raise where.error(("reference",), "reference is a list of rows (mappings)",
+                          "write reference: [{model: ..., test_error: ...}]")
+    return SweepSpec(name=name, source=where.source, engine=engine, seeds=seeds, base=base, space=space,
+                     presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
+
+
+def _unknown(where: Where, path: tuple, key: str, known) -> SpecError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return where.error(path, "unknown key", fix, key=".".join(map(str, path)))
+
+
+def _block(cls, raw, path: tuple, where: Where):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise where.error(path, f"must be a mapping, got {raw!r}", f"write {path[0]}: {{...}}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        sub = path + (key,)
+        dotted = ".".join(map(str, sub))
+        if key not in names:
+            raise _unknown(where, sub, str(key), names)
+        try:
+            values[key] = coerce(dotted, hints[key], value)
+            check_choices(dotted, next(f for f in dataclasses.fields(cls) if f.name == key), values[key])
+        except ConfigError as e:
+            raise where.error(sub, e.message, e.fix) from None
+        if isinstance(values[key], (int, float)) and not isinstance(values[key], bool) and values[key] < 0:
+            raise where.error(sub, f"must not be negative, got {values[key]}", "use a positive value")
+    return cls(**values)
+
+
+def _base(raw, where: Where) -> TrialConfig:
+    if raw is None:
+        return TrialConfig()
+    if not isinstance(raw, dict):
+        raise where.error(("base",), "base is a mapping of config sections", "write base: {train: {...}}")
+    sections = {f.name for f in dataclasses.fields(TrialConfig)}
+    cfg = TrialConfig()
+    for key, value in flatten(raw).items():
+        path = ("base", *key.split("."))
+        if key in sections:
+            raise where.error(path, f"{key} is a config section, got {value!r}", f"write {key}: {{key: value}}",
+                              key=f"base.{key}")
+        try:
+            cfg = with_key(cfg, key, value)
+        except ConfigError as e:
+            raise where.error(path, e.message, e.fix, key=f"base.{key}") from None
+    return cfg
+
+
+def _space(raw, base: TrialConfig, where: Where) -> tuple[Param, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise where.error(("space",), "space is a mapping of config keys to distributions",
+                          "write space: {optim.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
+    keys = leaf_keys()
+    params: dict[str, Param] = {}
+    whens: dict[str, Any] = {}
+    for key, entry in raw.items():
+        key = str(key)
+        path = ("space", key)
+        if key not in keys:
+            e = unknown_key(key, keys)
+            raise where.error(path, "not a trial-config key", e.fix, key=f"space.{key}")
+        if not isinstance(entry, dict):
+            raise where.error(path, f"needs a distribution, got {entry!r}",
+                              f"write {{choice: [...]}} or {{fixed: {entry!r}}}", key=key)
+        dist_names = [k for k in entry if k in DISTRIBUTIONS]
+        if len(dist_names) != 1:
+            fix = "name exactly one of " + ", ".join(DISTRIBUTIONS.names())
+            others = [k for k in entry if k not in DISTRIBUTIONS and k != "when"]
+            if others and not dist_names:
+                close = difflib.get_close_matches(str(others[0]), DISTRIBUTIONS.names(), n=1)
+                fix = f"did you mean {close[0]!r}?" if close else fix
+                raise where.error(path + (others[0],), f"unknown distribution {others[0]!r}", fix, key=key)
+            raise where.error(path, f"needs one distribution, got {dist_names or 'none'}", fix, key=key)
+        dname = dist_names[0]
+        extra = {k: v for k, v in entry.items() if k not in (dname, "when")}
+        for k in extra:
+            if k not in EXTRA_KEYS.get(dname, ()):
+                allowed = sorted(EXTRA_KEYS.get(dname, ())) + ["when"]
+                raise where.error(path + (k,), f"{dname} takes no option {k!r}", f"allowed: {', '.join(allowed)}",
+                                  key=f"{key}.{k}")
+
+        def fail(message, fix="", _path=path + (dname,), _key=key):
+            return where.error(_path, message, fix, key=_key)
+
+        dist = DISTRIBUTIONS.get(dname).parse(entry[dname], extra, keys[key][0], key, fail)
+        params[key] = Param(key, dist)
+        if "when" in entry:
+            whens[key] = entry["when"]
+    for key, cond in whens.items():
+        params[key] = dataclasses.replace(params[key], when=_when(key, cond, params, where))
+    return _ordered(params, where)
+
+
+def _when(key: str, cond, params: dict[str, Param], where: Where) -> tuple:
+    path = ("space", key, "when")
+    if not isinstance(cond, dict) or not cond:
+        raise where.error(path, f"when needs a mapping of parameter: value, got {cond!r}",
+                          "write when: {optim.name: lars}", key=f"{key}.when")
+    if isinstance(params[key].dist, Grid):
+        raise where.error(path, "a grid parameter cannot be conditional", "use choice instead of grid",
+                          key=f"{key}.when")
+    out = []
+    for other, allowed in cond.items():
+        other = str(other)
+        if other not in params:
+            close = difflib.get_close_matches(other, list(params), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else "name a parameter of this space"
+            raise where.error(path + (other,), f"names {other!r}, which is not a parameter in space", fix,
+                              key=f"{key}.when")
+        if other == key:
+            raise where.error(path, "a parameter cannot depend on itself", "remove the condition", key=f"{key}.when")
+        allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        possible = possible_values(params[other].dist)
+        if possible is None:
+            raise where.error(path + (other,), f"{other} is continuous, so a condition on its value never holds",
+                              "condition on a choice, grid or fixed parameter", key=f"{key}.when")
+        keys = leaf_keys()
+        for value in allowed:
+            try:
+                value = coerce(other, keys[other][0], value)
+            except ConfigError:
+                pass
+            if value not in possible:
+                raise where.error(path + (other,), f"{other} never takes {value!r} (its values: {list(possible)})",
+                                  "use one of its values", key=f"{key}.when")
+        out.append((other, tuple(coerce(other, keys[other][0], v) for v in allowed)))
+    return tuple(out)
+
+
+def _ordered(params: dict[str, Param], where: Where) -> tuple[Param, ...]:
+    """Order parameters so every condition's target is sampled before it."""
+    done: dict[str, Param] = {}
+    visiting: set[str] = set()
+
+    def visit(key):
+        if key in done:
+            return
+        if key in visiting:
+            raise where.error(("space", key, "when"), "conditions form a cycle", "make one parameter unconditional",
+                              key=f"{key}.when")
+        visiting.add(key)
+        for other, _ in params[key].when:
+            visit(other)
+        visiting.discard(key)
+        done[key] = params[key]
+
+    for key in params:
+        visit(key)
+    return tuple(done.values())
+
+
+def _as_grid(space: tuple[Param, ...], where: Where) -> tuple[Param, ...]:
+    out = []
+    for p in space:
+        values = possible_values(p.dist)
+        if values is None:
+            raise where.error(("space", p.key), f"sampler grid cannot sample {p.dist.describe()}",
+                              "use a list of values ({grid: [...]}) or sampler: {name: random}", key=p.key)
+        if p.when:
+            raise where.error(("space", p.key, "when"), "sampler grid cannot cross conditional parameters",
+                              "use sampler random, or drop the condition", key=f"{p.key}.when")
+        out.append(dataclasses.replace(p, dist=Grid(tuple(values))) if not isinstance(p.dist, Fixed) else p)
+    return tuple(out)
+
+
+def _check_budget(budget: Budget, space, where: Where) -> None:
+    if budget.trials is not None and budget.trials < 1:
+        raise where.error(("budget", "trials"), f"must be at least 1, got {budget.trials}", "use trials: 1 or more")
+    if budget.minutes is not None and budget.minutes <= 0:
+        raise where.error(("budget", "minutes"), f"must be positive, got {budget.minutes}", "use e.g. minutes: 60")
+    has_grid = any(isinstance(p.dist, Grid) for p in space)
+    if budget.trials is None and budget.minutes is None and not has_grid:
+        raise where.error(("budget",), "no budget: the sweep would never end",
+                          "set budget: {trials: N} and/or {minutes: M}", key="budget")

@@ -1,0 +1,96 @@
+"""The sweep spec's typed form (`SweepSpec`) and its top-level blocks."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from trainable.config import TrialConfig, opt, with_key
+
+from .dists import Grid
+
+OBJECTIVE_METRICS = ("val_error", "best_val_error", "val_loss", "test_error", "train_loss")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = opt("val_error", "metric the sampler optimises", OBJECTIVE_METRICS)
+    mode: str = opt("min", "min | max", ("min", "max"))
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: Optional[int] = opt(None, "finished trials to reach (a grid alone defaults to its size)")
+    minutes: Optional[float] = opt(None, "stop starting new trials after this many minutes")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str = opt("random", "random | grid | tpe | qmc", ("random", "grid", "tpe", "qmc"))
+    seed: int = opt(0, "sampler seed")
+
+
+@dataclass(frozen=True)
+class Pruner:
+    name: str = opt("none", "none | median | asha | hyperband", ("none", "median", "asha", "hyperband"))
+    startup_trials: int = opt(5, "median: trials to finish before pruning starts")
+    warmup_epochs: int = opt(1, "epochs a trial runs before it may be pruned")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = opt(1.0, "CPU cores per trial")
+    gpu: float = opt(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    dist: Any
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def active(self, values: dict[str, Any]) -> bool:
+        return all(k in values and values[k] in allowed for k, allowed in self.when)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    source: str
+    engine: str = "optuna"
+    objective: Objective = field(default_factory=Objective)
+    budget: Budget = field(default_factory=Budget)
+    seeds: int = 1
+    sampler: Sampler = field(default_factory=Sampler)
+    pruner: Pruner = field(default_factory=Pruner)
+    resources: Resources = field(default_factory=Resources)
+    base: TrialConfig = field(default_factory=TrialConfig)
+    space: tuple[Param, ...] = ()
+    presets: tuple[str, ...] = ()
+    reference: tuple = ()
+    raw: dict = field(default_factory=dict, compare=False, repr=False)  # after presets and --set
+
+    @property
+    def grid_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.space if isinstance(p.dist, Grid))
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid parameters (one empty point when there are none)."""
+        keys = [p.key for p in self.grid_params]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(p.dist.values for p in self.grid_params))]
+
+    @property
+    def trials(self) -> int | None:
+        """The trial budget; a grid with no explicit budget runs each point once."""
+        if self.budget.trials is not None:
+            return self.budget.trials
+        if self.grid_params and self.budget.minutes is None:
+            return len(self.grid_points())
+        return None
+
+    def config(self, values: dict[str, Any], seed_index: int = 0) -> TrialConfig:
+        """The trial config of sampled values, for the seed_index-th seed."""
+        cfg = self.base
+        for key, value in values.items():
+            cfg = with_key(cfg, key, value)
+        return with_key(cfg, "train.seed", self.base.train.seed + seed_index)

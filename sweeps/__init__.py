@@ -1,0 +1,13 @@
+"""Engines behind one interface (`ENGINES`); Optuna today."""
+from . import optuna_engine  # noqa: F401  (registers the engine)
+from .base import ENGINES, Engine, RunOptions, RunSummary, SweepError
+from .storage import default_url, resolve
+
+__all__ = ["ENGINES", "Engine", "RunOptions", "RunSummary", "SweepError", "default_url", "resolve", "run"]
+
+
+def run(spec, storage: str, quiet: bool = False) -> RunSummary:
+    """Run (or resume) a sweep on the engine its spec names."""
+    if spec.engine not in ENGINES:
+        raise SweepError(f"engine: {ENGINES.unknown(spec.engine)}; fix: use --engine optuna")
+    return ENGINES.get(spec.engine)().run(spec, RunOptions(storage=storage, quiet=quiet))

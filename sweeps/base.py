@@ -1,0 +1,34 @@
+"""The engine interface: every engine runs a SweepSpec into a storage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from search_spaces import SweepSpec
+from trainable.registry import Registry
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage: str                 # SQLAlchemy URL of the sweep's results
+    quiet: bool = False          # no progress bar (tests, workers)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    finished: int                # trials counted against the budget
+    budget: int | None
+    interrupted: bool            # stopped by Ctrl-C before the budget
+    best_value: float | None
+    best_number: int | None
+
+
+class Engine(Protocol):
+    def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary: ...
+
+
+ENGINES: Registry = Registry("engine")
+
+
+class SweepError(Exception):
+    """A sweep cannot start or continue; the message says why and how to fix it."""

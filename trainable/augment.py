@@ -1,0 +1,74 @@
+"""Augmentation of whole uint8 batches on the training device.
+
+One gather per batch replaces a per-image PIL pipeline: the padded dataset is
+kept resident and each batch is cut out of it at random offsets.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .config import Augment
+
+
+def random_crop(padded: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], pad: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """Crop images idx of a pre-padded N x C x (H+2p) x (W+2p) tensor at random offsets."""
+    b, dev = len(idx), padded.device
+    h, w = size
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=gen)
+    rows = (oy + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (ox + torch.arange(w, device=dev))[:, None, None, :]
+    chans = torch.arange(padded.shape[1], device=dev)[None, :, None, None]
+    return padded[idx[:, None, None, None], chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), device=x.device, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class Normalize:
+    """uint8 -> float, (x/255 - mean) / std as one fused multiply-add."""
+
+    def __init__(self, mean, std, enabled: bool, device, channels_last: bool):
+        mean = torch.tensor(mean if enabled else [0.0] * len(mean), device=device)
+        std = torch.tensor(std if enabled else [1.0] * len(std), device=device)
+        self.scale = (1.0 / (255.0 * std))[None, :, None, None]
+        self.shift = (-mean / std)[None, :, None, None]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+
+class TrainBatches:
+    """Shuffled, augmented training batches from a resident uint8 tensor."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
+                 normalize: Normalize, gen: torch.Generator):
+        self.pad, self.flip = cfg.crop_padding, cfg.flip
+        self.size = tuple(x.shape[2:])
+        self.x = F.pad(x, [self.pad] * 4) if self.pad else x
+        self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
+
+    def __len__(self) -> int:
+        return len(self.y) // self.batch_size  # the ragged tail would give BN a tiny batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.y), device=self.x.device, generator=self.gen)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = random_crop(self.x, idx, self.size, self.pad, self.gen) if self.pad else self.x[idx]
+            if self.flip:
+                xb = random_flip(xb, self.gen)
+            yield self.normalize(xb), self.y[idx]
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, normalize: Normalize):
+    for i in range(0, len(y), batch_size):
+        yield normalize(x[i:i + batch_size]), y[i:i + batch_size]

@@ -1,0 +1,124 @@
+"""Datasets as whole uint8 tensors, split into train / val / test.
+
+A trial holds its images as one uint8 tensor on the training device and
+augments whole batches there, so no per-image Python runs in the loop.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import Data
+from .errors import ConfigError, DatasetMissing
+from .registry import Registry
+
+# Debian's dataset-fashion-mnist package installs the IDX files here.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
+DATASETS: Registry[Callable[[Path, bool], Raw]] = Registry("dataset")
+NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+@dataclass(frozen=True)
+class Splits:
+    train_x: torch.Tensor  # uint8, N x C x H x W
+    train_y: torch.Tensor  # int64
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _idx_split(folder: Path) -> Raw:
+    def load(prefix):
+        x = torch.from_numpy(_read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").copy()).unsqueeze(1)
+        y = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+        return x, y
+    return (*load("train"), *load("t10k"))
+
+
+def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Raw:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    try:
+        train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise DatasetMissing(
+            f"data.dataset: {name} is not in {root}; fix: set data.download=true to fetch it with "
+            f"torchvision, or point data.root at a folder that holds it") from e
+
+    def tensors(ds):
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # CIFAR is N x H x W x C
+        return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+    return (*tensors(train), *tensors(test))
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: Path, download: bool) -> Raw:
+    if (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        return _idx_split(DEBIAN_FASHION_MNIST)
+    if not download and not (root / "FashionMNIST" / "raw").exists():
+        raise DatasetMissing(
+            "data.dataset: fashion_mnist is not installed; fix: `apt-get install dataset-fashion-mnist` "
+            "(Debian/Ubuntu), or set data.download=true to fetch it with torchvision")
+    return _torchvision("FashionMNIST", root, download, "fashion_mnist")
+
+
+for _name, _cls in {"mnist": "MNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}.items():
+    DATASETS.register(_name)(functools.partial(_torchvision, _cls, name=_name))
+
+
+@functools.lru_cache(maxsize=4)
+def _raw(name: str, root: str, download: bool) -> Raw:
+    return DATASETS.get(name)(Path(os.path.expanduser(root)), download)
+
+
+def load(cfg: Data) -> Splits:
+    """The seeded train/val/test split of cfg.dataset, on the CPU."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError("data.dataset", DATASETS.unknown(cfg.dataset), "use one of the known names")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.val_fraction}", "use e.g. 0.1")
+    x, y, test_x, test_y = _raw(cfg.dataset, cfg.root, cfg.download)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.split_seed))
+    n_val = int(round(cfg.val_fraction * len(x)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.subset is not None:
+        if cfg.subset < 1:
+            raise ConfigError("data.subset", f"must be positive, got {cfg.subset}", "use null for all images")
+        train_idx = train_idx[: cfg.subset]
+    if cfg.eval_subset is not None:
+        val_idx = val_idx[: cfg.eval_subset]
+        test_x, test_y = test_x[: cfg.eval_subset], test_y[: cfg.eval_subset]
+    train_x = x[train_idx]
+    scaled = train_x.float().div_(255)
+    mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(scaled.std(dim=(0, 2, 3)).tolist())
+    return Splits(train_x, y[train_idx], x[val_idx], y[val_idx], test_x, test_y,
+                  NUM_CLASSES[cfg.dataset], mean, std)
