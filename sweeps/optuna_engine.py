@@ -217,7 +217,7 @@ def _objective(spec: SweepSpec, progress: Progress):
 
 class OptunaEngine:
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial
         study = open_study(spec, options.storage)
         budget = spec.trials
         deadline = time.monotonic() + 60 * spec.budget.minutes if spec.budget.minutes else None

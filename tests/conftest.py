@@ -1,0 +1,42 @@
+"""Shared toy-size settings: real Fashion-MNIST, tiny models, one short epoch."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINY_BASE = {
+    "data": {"dataset": "fashion_mnist", "subset": 256, "eval_subset": 256},
+    "model": {"name": "resnet_preact", "depth": 8, "base_channels": 4},
+    "train": {"epochs": 1, "batch_size": 64, "precision": "fp32", "threads": 1},
+    "optim": {"lr": 0.05},
+}
+
+
+def tiny_spec(name: str = "tiny", **top) -> dict:
+    """A small valid spec as a dict; keyword arguments replace top-level keys."""
+    spec = {"name": name, "budget": {"trials": 2}, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)),
+            "space": {"optim.lr": {"loguniform": [0.01, 0.1]}}}
+    spec.update(top)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    def write(spec: dict, filename: str = "spec.yaml") -> Path:
+        path = tmp_path / filename
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    # Subprocesses of the CLI get one thread each so parallel tests do not fight.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
