@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from trainable.config import check_choices, coerce, leaf_keys
 from trainable.errors import ConfigError
@@ -24,7 +24,7 @@ def _number(x, what: str, fail: Fail) -> float:
         raise fail(f"{what} must be a number, got {x!r}", "write a number")
     if isinstance(x, str):
         try:
-            return float(x)
+            x = float(x)
         except ValueError:
             raise fail(f"{what} must be a number, got {x!r}", "write a number such as 1.0e-4") from None
     if not isinstance(x, (int, float)) or not math.isfinite(x):
@@ -138,33 +138,36 @@ def _checked_values(values, tp, key, fail) -> tuple:
         except ConfigError as e:
             raise fail(f"value {v!r} does not fit: {e.message}", e.fix) from None
         out.append(c)
+    if len(set(map(repr, out))) != len(out):  # 64 and 64.0 are one value once typed
+        raise fail(f"lists a value twice once typed: {list(out)!r}", "remove the duplicate")
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """A finite list of values: sampled from (choice) or crossed with the rest (grid)."""
+
+    values: tuple
+    kind: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls, args, extra, tp, key, fail):
+        return cls(_checked_values(_values(args, cls.kind, fail), tp, key, fail))
+
+    def describe(self) -> str:
+        return f"{self.kind} {list(self.values)}"
 
 
 @DISTRIBUTIONS.register("choice")
 @dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    @classmethod
-    def parse(cls, args, extra, tp, key, fail):
-        return cls(_checked_values(_values(args, "choice", fail), tp, key, fail))
-
-    def describe(self) -> str:
-        return f"choice {list(self.values)}"
+class Choice(_Listed):
+    kind: ClassVar[str] = "choice"
 
 
 @DISTRIBUTIONS.register("grid")
 @dataclass(frozen=True)
-class Grid:
-    values: tuple
-
-    @classmethod
-    def parse(cls, args, extra, tp, key, fail):
-        return cls(_checked_values(_values(args, "grid", fail), tp, key, fail))
-
-    def describe(self) -> str:
-        return f"grid {list(self.values)}"
+class Grid(_Listed):
+    kind: ClassVar[str] = "grid"
 
 
 @DISTRIBUTIONS.register("fixed")

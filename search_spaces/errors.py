@@ -17,9 +17,11 @@ class Where:
 
     def error(self, path: tuple, message: str, fix: str = "", key: str | None = None) -> SpecError:
         key = key or ".".join(map(str, path)) or "(top level)"
-        for i in range(len(path), -1, -1):  # an override or the nearest enclosing node
+        # An override at any enclosing level replaced what the file said there.
+        for i in range(len(path), -1, -1):
             if path[:i] in self.overrides:
                 return SpecError(self.overrides[path[:i]], None, key, message, fix)
+        for i in range(len(path), -1, -1):  # else the nearest enclosing node's line
             if path[:i] in self.lines:
                 return SpecError(self.source, self.lines[path[:i]], key, message, fix)
         return SpecError(self.source, None, key, message, fix)

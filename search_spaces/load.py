@@ -56,6 +56,9 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
     raw = copy.deepcopy(raw)
     if preset is not None:
         presets = raw.get("presets") or {}
+        if not isinstance(presets, dict):
+            raise where.error(("presets",), "presets is a mapping of name: {key: value}",
+                              "write presets: {cpu: {base.data.subset: 2000}}")
         if preset not in presets:
             raise where.error(("presets",), f"no preset {preset!r}",
                               f"use one of: {', '.join(presets) or '(none defined)'}", key="--preset")
@@ -264,16 +267,18 @@ def _when(key: str, cond, params: dict[str, Param], where: Where) -> tuple:
         if possible is None:
             raise where.error(path + (other,), f"{other} is continuous, so a condition on its value never holds",
                               "condition on a choice, grid or fixed parameter", key=f"{key}.when")
-        keys = leaf_keys()
+        coerced = []
         for value in allowed:
             try:
-                value = coerce(other, keys[other][0], value)
+                value = coerce(other, leaf_keys()[other][0], value)
+                ok = value in possible
             except ConfigError:
-                pass
-            if value not in possible:
+                ok = False
+            if not ok:
                 raise where.error(path + (other,), f"{other} never takes {value!r} (its values: {list(possible)})",
                                   "use one of its values", key=f"{key}.when")
-        out.append((other, tuple(coerce(other, keys[other][0], v) for v in allowed)))
+            coerced.append(value)
+        out.append((other, tuple(coerced)))
     return tuple(out)
 
 

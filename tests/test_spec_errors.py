@@ -518,14 +518,11 @@ def test_conditional_params_only_when_condition_holds(samples):
     assert any("model.depth" in v for v in draws) and any("model.depth" not in v for v in draws)
 
 
-# ---- known bugs (strict xfail: when one is fixed, drop its marker) -------
+# ---- cases that once slipped through ------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="load._when coerces condition values a second time outside its try: a value that "
-                          "compares equal to a possible one but has the wrong type escapes as ConfigError")
 @pytest.mark.parametrize("target,value", [("optim.momentum: {choice: [0.0, 0.9]}", "false"),
                                           ("train.channels_last: {choice: [true, false]}", "1")])
-def test_bug_when_value_of_wrong_type_is_a_spec_error(target, value):
+def test_when_value_of_wrong_type_is_a_spec_error(target, value):
     key = target.split(":")[0]
     text = SPACE + f"  {target}\n  optim.lr:\n    uniform: [0.1, 0.2]\n    when: {{{key}: {value}}}\n"
     try:
@@ -538,11 +535,8 @@ def test_bug_when_value_of_wrong_type_is_a_spec_error(target, value):
     raise AssertionError("accepted")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="dists._number checks finiteness only for YAML numbers, not for strings such as "
-                          "inf, nan or 1e400 (read by PyYAML as strings); optuna then fails at sample time")
 @pytest.mark.parametrize("bounds", ["[0, inf]", "[nan, 1]", "[0, 1e400]"])
-def test_bug_non_finite_string_bounds_are_rejected(bounds):
+def test_non_finite_string_bounds_are_rejected(bounds):
     try:
         spec = parse_spec(SPACE + f"  optim.momentum: {{uniform: {bounds}}}\n", SRC)
     except SpecError as e:
@@ -551,12 +545,9 @@ def test_bug_non_finite_string_bounds_are_rejected(bounds):
     raise AssertionError(f"accepted: {spec.space[0].dist}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="dists._values checks duplicates by repr before coercion: 64 and 64.0, or 1e-4 "
-                          "and 1.0e-4, become the same value")
 @pytest.mark.parametrize("entry", ["train.batch_size: {choice: [64, 64.0]}",
                                    "optim.lr: {choice: [1e-4, 1.0e-4]}"])
-def test_bug_duplicates_after_coercion_are_rejected(entry):
+def test_duplicates_after_coercion_are_rejected(entry):
     try:
         spec = parse_spec(SPACE + f"  {entry}\n", SRC)
     except SpecError as e:
@@ -565,10 +556,8 @@ def test_bug_duplicates_after_coercion_are_rejected(entry):
     raise AssertionError(f"accepted: {spec.space[0].dist}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="parse_spec indexes presets before checking it is a mapping: TypeError, traceback in the CLI")
 @pytest.mark.parametrize("presets", ["[cpu]", "5"])
-def test_bug_preset_with_presets_not_a_mapping(presets):
+def test_preset_with_presets_not_a_mapping(presets):
     try:
         parse_spec(HEAD + f"presets: {presets}\n", SRC, preset="cpu")
     except SpecError as e:
@@ -579,10 +568,7 @@ def test_bug_preset_with_presets_not_a_mapping(presets):
     raise AssertionError("accepted")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="errors.Where.error prefers a deeper file line over a shallower override, so an "
-                          "override that replaces a whole mapping is blamed on the file's old line")
-def test_bug_override_of_a_mapping_is_blamed_on_the_override():
+def test_override_of_a_mapping_is_blamed_on_the_override():
     text = HEAD + "base:\n  train:\n    epochs: 5\n"
     msg = str(_error(text, ["base.train={epochs: abc}"]))
     assert msg.startswith("--set base.train={epochs: abc} base.train.epochs: "), msg

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import difflib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -150,13 +151,13 @@ def coerce(key: str, tp, value):
     if tp is float:
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise bad from None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
         raise bad
     if tp is str:
         if isinstance(value, str):
