@@ -47,8 +47,9 @@ def cmd_run(args) -> int:
     summary = sweeps.run(spec, url, quiet=args.quiet)
     frame = analysis.load(spec, url)
     if len(frame):
-        table = analysis.trials_table(frame, spec.objective.metric, spec.objective.mode)
-        print(analysis.render(table.head(args.top)))
+        table = analysis.trials_table(frame, spec.objective.metric, spec.objective.mode).head(args.top)
+        shown = table.dropna(axis=1, how="all").drop(columns=[] if spec.seeds > 1 else ["seed"])
+        print(analysis.render(shown))
     budget = f"/{summary.budget}" if summary.budget else ""
     print(f"{summary.finished}{budget} trials finished; best: "
           + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"

@@ -143,8 +143,8 @@ def open_study(spec: SweepSpec, url: str) -> optuna.Study:
                          "fix: keep its mode or use another name")
     if "fingerprint" not in attrs:
         study.set_user_attr("fingerprint", mine)
-        study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
         study.set_user_attr("engine", "optuna")
+    study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))  # budget may have grown
     # Offset the sampler seed by the trials already run, so a resumed random
     # search continues instead of replaying its first samples.
     study.sampler = SAMPLERS.get(spec.sampler.name)(spec.sampler.seed + len(study.get_trials(deepcopy=False)))
