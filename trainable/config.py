@@ -36,14 +36,34 @@ class Data:
 
 @dataclass(frozen=True)
 class Model:
-    name: str = opt("resnet_preact", "architecture; `sweep models` lists them")
-    depth: int = opt(20, "total depth; resnet_preact: 6n+2 (basic) or 9n+2 (bottleneck)")
-    block: str = opt("basic", "residual block type", ("basic", "bottleneck"))
-    base_channels: int = opt(16, "channels of the first stage")
-    widen: int = opt(1, "widening factor of every stage")
-    remove_first_relu: bool = opt(False, "drop the first ReLU of each residual branch (PyramidNet-style)")
-    add_last_bn: bool = opt(False, "add a BN after the last conv of each residual branch")
-    preact_stage: tuple[bool, ...] = opt((True, False, False), "pre-activate the shortcut of each stage's first block")
+    """Architecture options; null means the family's default (`sweep models NAME` shows them).
+
+    A family rejects options it does not take, so a typo in intent is an error.
+    """
+
+    name: str = opt("resnet_preact", "architecture; `sweep models` lists them (tv:NAME for torchvision)")
+    depth: Optional[int] = opt(None, "total depth; each family names its valid depths")
+    block: Optional[str] = opt(None, "residual block type", ("basic", "bottleneck"))
+    base_channels: Optional[int] = opt(None, "channels of the first stage (shake_shake: its width, e.g. 32, 96)")
+    widen: Optional[int] = opt(None, "widening factor of every stage (wrn, resnet_preact)")
+    dropout: Optional[float] = opt(None, "dropout rate inside blocks (wrn, densenet) or before the classifier")
+    remove_first_relu: Optional[bool] = opt(None, "drop the first ReLU of each residual branch (PyramidNet-style)")
+    add_last_bn: Optional[bool] = opt(None, "add a BN after the last conv of each residual branch")
+    preact_stage: Optional[tuple[bool, ...]] = opt(None, "pre-activate the shortcut of each stage's first block")
+    growth_rate: Optional[int] = opt(None, "densenet: channels each layer adds")
+    compression: Optional[float] = opt(None, "densenet: channel reduction at each transition (BC: 0.5)")
+    alpha: Optional[int] = opt(None, "pyramidnet: total channel increase over the network")
+    cardinality: Optional[int] = opt(None, "resnext: number of groups")
+    base_width: Optional[int] = opt(None, "resnext: channels per group in the first stage")
+    shake_forward: Optional[bool] = opt(None, "shake_shake: random branch weights in the forward pass")
+    shake_backward: Optional[bool] = opt(None, "shake_shake: random (independent) weights in the backward pass")
+    shake_image: Optional[bool] = opt(None, "shake_shake: one weight per image (else one per batch)")
+    se_reduction: Optional[int] = opt(None, "se_resnet_preact: squeeze-excitation channel reduction")
+    stage_channels: Optional[tuple[int, ...]] = opt(None, "vgg: channels of each stage")
+    stage_layers: Optional[tuple[int, ...]] = opt(None, "vgg: conv layers in each stage")
+    drop_path: Optional[float] = opt(None, "stochastic depth: drop rate of the last block, linear over depth")
+    zero_init_residual: Optional[bool] = opt(None, "start each residual branch at zero (the block is the identity)")
+    init: Optional[str] = opt(None, "weight init", ("kaiming_fan_out", "kaiming_fan_in", "xavier"))
 
 
 @dataclass(frozen=True)
@@ -168,7 +188,7 @@ def coerce(key: str, tp, value):
 
 def check_choices(key: str, f: dataclasses.Field, value) -> None:
     choices = f.metadata.get("choices", ())
-    if choices and value not in choices:
+    if choices and value is not None and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f"use {close[0]!r}" if close else f"use one of {', '.join(map(str, choices))}"
         raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, choices))}", hint)

@@ -1,5 +1,16 @@
-"""Model registry: each family is one file that registers its builder by name."""
+"""Model registry: each family is one file that registers its builder and defaults.
+
+Files in this package register themselves on import; adding a family is
+adding a file. `build_model` fills the family's defaults into the options the
+config leaves null and refuses options the family does not take.
+"""
 from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -8,13 +19,46 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
+DEFAULTS: dict[str, dict[str, Any]] = {}
+PREFIXES: dict[str, Callable[[str, SimpleNamespace, int, int], nn.Module]] = {}  # "tv:" -> builder
+
+
+def family(name: str, **defaults):
+    """Register a builder `(opts, num_classes, in_channels) -> nn.Module` with its option defaults."""
+    def add(builder):
+        MODELS.register(name)(builder)
+        DEFAULTS[name] = defaults
+        return builder
+    return add
+
+
+def options(model_config: Model, name: str, defaults: dict[str, Any]) -> SimpleNamespace:
+    opts = {}
+    for f in dataclasses.fields(Model):
+        if f.name == "name":
+            continue
+        value = getattr(model_config, f.name)
+        if f.name in defaults:
+            opts[f.name] = defaults[f.name] if value is None else value
+        elif value is not None:
+            raise ConfigError(f"model.{f.name}", f"{name} does not take this option",
+                              f"its options: {', '.join(defaults) or 'none'}; set it to null")
+    return SimpleNamespace(**opts)
 
 
 def build_model(model_config: Model, num_classes: int, in_channels: int) -> nn.Module:
     """Build model_config.name for inputs of in_channels channels and num_classes outputs."""
-    if model_config.name not in MODELS:
-        raise ConfigError("model.name", MODELS.unknown(model_config.name), "`sweep models` lists them")
-    return MODELS.get(model_config.name)(model_config, num_classes=num_classes, in_channels=in_channels)
+    name = model_config.name
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix + ":" in PREFIXES:
+        return PREFIXES[prefix + ":"](rest, model_config, num_classes, in_channels)
+    if name not in MODELS:
+        known = MODELS.unknown(name) + (f"; or a prefix: {', '.join(PREFIXES)}" if PREFIXES else "")
+        raise ConfigError("model.name", known, "`sweep models` lists them")
+    return MODELS.get(name)(options(model_config, name, DEFAULTS[name]), num_classes=num_classes,
+                            in_channels=in_channels)
 
 
-from . import resnet_preact  # noqa: E402,F401  (registers its family)
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "common":
+        importlib.import_module(f"{__name__}.{_module.name}")
