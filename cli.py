@@ -117,18 +117,15 @@ def cmd_config(args) -> int:
 
 def cmd_models(args) -> int:
     from trainable.config import from_flat
-    from trainable.models import MODELS, build_model
+    from trainable.model_info import families_text, size
     if not args.name:
-        for name in MODELS.names():
-            doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
-            print(f"{name}: {doc[0] if doc else ''}")
-        print("options (model.*): see `sweep config --defaults`")
+        print(families_text())
         return 0
     sets = {f"model.{k}": v for k, v in _parse_sets(args.sets).items()}
     cfg = from_flat({"model.name": args.name, **sets})
-    model = build_model(cfg.model, 10, 1 if args.channels == 1 else 3)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{args.name}: {n:,} parameters ({n / 1e6:.2f}M)")
+    params, macs = size(cfg.model, args.dataset)
+    print(f"{args.name}: {params:,} parameters ({params / 1e6:.2f}M), "
+          f"{macs / 1e6:,.1f}M multiply-adds per {args.dataset} image")
     return 0
 
 
@@ -195,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="registered architectures")
     p.add_argument("name", nargs="?")
-    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("--dataset", default="cifar10", help="input shape and classes to count for (default cifar10)")
     _set_args(p, "model keys (without the model. prefix)")
     p.set_defaults(fn=cmd_models)
 

@@ -5,6 +5,7 @@ kept resident and each batch is cut out of it at random offsets.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -24,6 +25,28 @@ def random_crop(padded: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], 
     cols = (ox + torch.arange(w, device=dev))[:, None, None, :]
     chans = torch.arange(padded.shape[1], device=dev)[None, :, None, None]
     return padded[idx[:, None, None, None], chans, rows, cols]
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], gen: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per-image crops of random area share and aspect ratio, resized to size x size.
+
+    One roi_align call crops and bilinearly resizes the whole batch; a crop
+    that would not fit is clamped to the image.
+    """
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(scale[0], scale[1], generator=gen) * h * w
+    log_r = torch.empty(b, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    aspect = torch.exp(log_r)
+    cw = torch.sqrt(area * aspect).clamp(1, w)
+    ch = torch.sqrt(area / aspect).clamp(1, h)
+    x0 = torch.rand(b, device=dev, generator=gen) * (w - cw)
+    y0 = torch.rand(b, device=dev, generator=gen) * (h - ch)
+    boxes = torch.stack([torch.arange(b, device=dev, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1)
+    return roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -50,8 +73,9 @@ class TrainBatches:
     """Shuffled, augmented training batches from a resident uint8 tensor."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
-                 normalize: Normalize, gen: torch.Generator):
+                 normalize: Normalize, gen: torch.Generator, out_size: int | None = None):
         self.pad, self.flip = cfg.crop_padding, cfg.flip
+        self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
         self.size = tuple(x.shape[2:])
         self.x = F.pad(x, [self.pad] * 4) if self.pad else x
         self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
@@ -64,6 +88,8 @@ class TrainBatches:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xb = random_crop(self.x, idx, self.size, self.pad, self.gen) if self.pad else self.x[idx]
+            if self.rrc:
+                xb = random_resized_crop(xb, *self.rrc, self.gen)
             if self.flip:
                 xb = random_flip(xb, self.gen)
             yield self.normalize(xb), self.y[idx]

@@ -25,13 +25,18 @@ def opt(default, doc: str, choices: tuple = ()):
 
 @dataclass(frozen=True)
 class Data:
-    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100")
-    root: str = opt("~/.cache/recipe-sweep/data", "where torchvision datasets are stored or downloaded")
+    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder")
+    root: str = opt("~/.cache/recipe-sweep/data", "where torchvision datasets are stored or downloaded; "
+                    "image_folder: the folder holding train_dir and test_dir")
     download: bool = opt(False, "allow torchvision to download a missing dataset")
     val_fraction: float = opt(0.1, "share of the training set held out for validation (seeded split)")
     split_seed: int = opt(0, "seed of the train/val split; fixed across trials so they compare fairly")
     subset: Optional[int] = opt(None, "cap on training images, for quick runs (null: all)")
     eval_subset: Optional[int] = opt(None, "cap on validation and test images (null: all)")
+    train_dir: str = opt("train", "image_folder: subfolder of class folders for training (and validation)")
+    test_dir: str = opt("val", "image_folder: subfolder of class folders for testing")
+    image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)")
+    test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class Schedule:
 class Augment:
     crop_padding: int = opt(4, "random crop after zero padding by this many pixels (0: off)")
     flip: bool = opt(True, "random horizontal flip")
+    random_resized_crop: bool = opt(False, "random crop of random area and aspect, resized to data.image_size")
+    crop_scale: tuple[float, ...] = opt((0.08, 1.0), "random_resized_crop: range of the crop's area share")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets")
 

@@ -25,6 +25,7 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
 DATASETS: Registry[Callable[[Path, bool], Raw]] = Registry("dataset")
 NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+EVAL_CROP = 0.875  # centre crop share at evaluation (224 of 256), as in the ImageNet recipes
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,54 @@ def _raw(name: str, root: str, download: bool) -> Raw:
     return DATASETS.get(name)(Path(os.path.expanduser(root)), download)
 
 
+@functools.lru_cache(maxsize=2)
+def _folder(root: str, train_dir: str, test_dir: str, stored: int) -> tuple[Raw, int]:
+    """Decode every image once into a stored x stored uint8 square (shorter side resized, centre crop)."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2 import functional as TF
+
+    base = Path(os.path.expanduser(root))
+    parts = []
+    for sub in (train_dir, test_dir):
+        folder = base / sub
+        if not folder.is_dir():
+            raise DatasetMissing(f"data.root: {folder} does not exist; fix: point data.root at a folder holding "
+                                 f"{train_dir}/ and {test_dir}/, each with one subfolder of images per class")
+        ds = ImageFolder(str(folder))
+        need = len(ds) * 3 * stored * stored
+        if need > 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+            raise ConfigError("data.image_size", f"{len(ds)} images at {stored}px need {need / 2**30:.1f} GiB "
+                              "resident", "lower data.image_size, or use a smaller folder")
+        x = torch.empty(len(ds), 3, stored, stored, dtype=torch.uint8)
+        for i, (path, _) in enumerate(ds.samples):
+            img = TF.pil_to_tensor(ds.loader(path))  # PIL, RGB
+            x[i] = TF.center_crop(TF.resize(img, [stored], antialias=True), [stored, stored])
+        parts += [x, torch.tensor(ds.targets, dtype=torch.int64)]
+        classes = len(ds.classes)
+    return tuple(parts), classes
+
+
+def _eval_view(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation crop of stored images: centre EVAL_CROP share, resized to `size`."""
+    from torchvision.transforms.v2 import functional as TF
+    crop = round(x.shape[-1] * EVAL_CROP)
+    return TF.resize(TF.center_crop(x, [crop, crop]), [size, size], antialias=True)
+
+
 def load(cfg: Data) -> Splits:
     """The seeded train/val/test split of cfg.dataset, on the CPU."""
-    if cfg.dataset not in DATASETS:
-        raise ConfigError("data.dataset", DATASETS.unknown(cfg.dataset), "use one of the known names")
+    if cfg.dataset not in DATASETS and cfg.dataset != "image_folder":
+        raise ConfigError("data.dataset", DATASETS.unknown(cfg.dataset) + ", image_folder",
+                          "use one of the known names")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.val_fraction}", "use e.g. 0.1")
-    x, y, test_x, test_y = _raw(cfg.dataset, cfg.root, cfg.download)
+    if cfg.dataset == "image_folder":
+        test_size = cfg.test_size or cfg.image_size
+        stored = round(max(cfg.image_size, test_size) / EVAL_CROP)
+        (x, y, test_x, test_y), num_classes = _folder(cfg.root, cfg.train_dir, cfg.test_dir, stored)
+    else:
+        x, y, test_x, test_y = _raw(cfg.dataset, cfg.root, cfg.download)
+        num_classes = NUM_CLASSES[cfg.dataset]
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.split_seed))
     n_val = int(round(cfg.val_fraction * len(x)))
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -116,9 +158,10 @@ def load(cfg: Data) -> Splits:
     if cfg.eval_subset is not None:
         val_idx = val_idx[: cfg.eval_subset]
         test_x, test_y = test_x[: cfg.eval_subset], test_y[: cfg.eval_subset]
-    train_x = x[train_idx]
-    scaled = train_x.float().div_(255)
+    train_x, val_x = x[train_idx], x[val_idx]
+    if cfg.dataset == "image_folder":
+        val_x, test_x = _eval_view(val_x, test_size), _eval_view(test_x, test_size)
+    scaled = train_x[:60000].float().div_(255)  # a random sample bounds the cost on big folders
     mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
     std = tuple(scaled.std(dim=(0, 2, 3)).tolist())
-    return Splits(train_x, y[train_idx], x[val_idx], y[val_idx], test_x, test_y,
-                  NUM_CLASSES[cfg.dataset], mean, std)
+    return Splits(train_x, y[train_idx], val_x, y[val_idx], test_x, test_y, num_classes, mean, std)

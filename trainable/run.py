@@ -78,8 +78,9 @@ def _train(cfg: TrialConfig, report: Report) -> dict[str, float]:
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator(device).manual_seed(tc.seed)
     normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
+    out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
     train_batches = TrainBatches(splits.train_x.to(device), splits.train_y.to(device), tc.batch_size,
-                                 cfg.augment, normalize, gen)
+                                 cfg.augment, normalize, gen, out_size)
     if len(train_batches) == 0:
         raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
                           "training images", "lower train.batch_size or raise data.subset")

@@ -1,0 +1,99 @@
+"""The original CIFAR ResNet (He et al. 2015, "Deep Residual Learning for Image Recognition").
+
+Post-activation: each block adds its branch to the shortcut and then applies ReLU.
+Three stages of 16, 32, 64 channels (times 4 at the output of bottleneck blocks);
+a 1x1 conv + BN projection replaces the identity shortcut where the shape changes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from . import family
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+
+
+class _Block(nn.Module):
+    """Shared post-activation logic: out = relu(branch(x) + shortcut(x))."""
+
+    expansion = 1
+
+    def __init__(self, cin, cout, stride, drop):
+        super().__init__()
+        self.shortcut = (nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+                         if (stride != 1 or cin != cout) else nn.Identity())
+        self.drop = DropPath(drop)
+
+    def forward(self, x):
+        return F.relu(self.drop(self.branch(x)) + self.shortcut(x))
+
+
+class Basic(_Block):
+    """Two 3x3 convs; the first one strides."""
+
+    def __init__(self, cin, cout, stride, drop):
+        super().__init__(cin, cout, stride, drop)
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv(cout, cout, 3), nn.BatchNorm2d(cout)
+        self.branch_end = self.bn2
+
+    def branch(self, x):
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class Bottleneck(_Block):
+    """1x1 reduce, 3x3 (strided), 1x1 expand to 4x the stage width."""
+
+    expansion = 4
+
+    def __init__(self, cin, cout, stride, drop):
+        super().__init__(cin, cout, stride, drop)
+        mid = cout // self.expansion
+        self.conv1, self.bn1 = conv(cin, mid, 1), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = conv(mid, mid, 3, stride), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = conv(mid, cout, 1), nn.BatchNorm2d(cout)
+        self.branch_end = self.bn3
+
+    def branch(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+
+BLOCKS = {"basic": (Basic, 6), "bottleneck": (Bottleneck, 9)}
+
+
+class ResNet(nn.Module):
+    """conv3x3-BN-ReLU stem, three stages of n blocks (stride 2 entering stages 2 and 3), pool, linear."""
+
+    def __init__(self, opts, num_classes: int, in_channels: int):
+        super().__init__()
+        if opts.block not in BLOCKS:
+            raise ConfigError("model.block", f"resnet takes block basic or bottleneck, got {opts.block!r}",
+                              "use basic (depth 6n+2) or bottleneck (depth 9n+2)")
+        block, per_block = BLOCKS[opts.block]
+        n = check_depth(f"resnet {opts.block}", opts.depth, per_block, 2)
+        widths = [opts.base_channels * 2 ** i * block.expansion for i in range(3)]
+        rates = iter(drop_rates(opts.drop_path, 3 * n))
+        self.stem = nn.Sequential(conv(in_channels, opts.base_channels, 3), nn.BatchNorm2d(opts.base_channels),
+                                  nn.ReLU(inplace=True))
+        layers, cin = [], opts.base_channels
+        for stage, cout in enumerate(widths):
+            for i in range(n):
+                layers.append(block(cin, cout, 2 if (i == 0 and stage > 0) else 1, next(rates)))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+        finish(self, opts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@family("resnet", depth=110, block="basic", base_channels=16, **RESIDUAL_DEFAULTS)
+def resnet(opts, num_classes, in_channels):
+    """Original post-activation CIFAR ResNet (He et al. 2015): basic 6n+2 or bottleneck 9n+2 layers."""
+    return ResNet(opts, num_classes, in_channels)

@@ -1,0 +1,72 @@
+"""ResNeXt for CIFAR (Xie et al. 2017): ResNet bottlenecks whose 3x3 conv is split
+into `cardinality` groups, so width grows by adding parallel paths, not channels."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from . import family
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+
+STEM_CHANNELS = 64
+STAGE_OUT = (256, 512, 1024)  # fixed by the paper; cardinality and base_width set the inner width only
+
+
+class Bottleneck(nn.Module):
+    """conv1x1-BN-ReLU, grouped conv3x3-BN-ReLU, conv1x1-BN; added to the shortcut, then ReLU."""
+
+    def __init__(self, cin: int, inner: int, cout: int, stride: int, cardinality: int, drop: float):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, inner, 1), nn.BatchNorm2d(inner)
+        # The stride sits on the grouped conv, as in the paper's CIFAR code.
+        self.conv2, self.bn2 = conv(inner, inner, 3, stride, groups=cardinality), nn.BatchNorm2d(inner)
+        self.conv3, self.bn3 = conv(inner, cout, 1), nn.BatchNorm2d(cout)
+        self.branch_end = self.bn3
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        else:
+            self.shortcut = nn.Identity()
+        self.drop = DropPath(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(self.drop(y) + self.shortcut(x))
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt-(9n+2) CxWd: three stages of n bottlenecks, outputs 256/512/1024 channels."""
+
+    def __init__(self, opts, num_classes: int, in_channels: int):
+        super().__init__()
+        n = check_depth("resnext", opts.depth, 9, 2)
+        for key in ("cardinality", "base_width"):
+            value = getattr(opts, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{key}", f"resnext needs a positive integer, got {value!r}",
+                                  "use e.g. cardinality 8, base_width 64 (ResNeXt-29 8x64d)")
+        rates = iter(drop_rates(opts.drop_path, 3 * n))
+        self.stem = nn.Sequential(conv(in_channels, STEM_CHANNELS, 3), nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU())
+        layers, cin = [], STEM_CHANNELS
+        for stage, cout in enumerate(STAGE_OUT):
+            inner = opts.cardinality * opts.base_width * 2 ** stage
+            for i in range(n):
+                stride = 2 if (i == 0 and stage > 0) else 1
+                layers.append(Bottleneck(cin, inner, cout, stride, opts.cardinality, next(rates)))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+        finish(self, opts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@family("resnext", depth=29, cardinality=8, base_width=64, **RESIDUAL_DEFAULTS)
+def resnext(opts, num_classes, in_channels):
+    """ResNeXt (Xie et al. 2017): grouped-conv bottlenecks, depth 9n+2; default ResNeXt-29 8x64d."""
+    return ResNeXt(opts, num_classes, in_channels)
