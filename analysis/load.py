@@ -62,8 +62,9 @@ def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Sampled values by dotted key; an alternative's name 'key[cond]' folds into 'key'."""
     fixed = {k[len("fixed."):]: v for k, v in t.user_attrs.items() if k.startswith("fixed.")}
-    return {**t.params, **fixed}
+    return {k.split("[", 1)[0]: v for k, v in {**t.params, **fixed}.items()}
 
 
 def _base_seed(t) -> int:

@@ -204,52 +204,73 @@ def _space(raw, base: TrialConfig, where: Where) -> tuple[Param, ...]:
         raise where.error(("space",), "space is a mapping of config keys to distributions",
                           "write space: {optim.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
     keys = leaf_keys()
-    params: dict[str, Param] = {}
-    whens: dict[str, Any] = {}
+    params: dict[str, list[Param]] = {}
+    whens: dict[tuple, Any] = {}  # (key, alternative index) -> raw condition
     for key, entry in raw.items():
         key = str(key)
-        path = ("space", key)
         if key not in keys:
             e = unknown_key(key, keys)
-            raise where.error(path, "not a trial-config key", e.fix, key=f"space.{key}")
-        if not isinstance(entry, dict):
-            raise where.error(path, f"needs a distribution, got {entry!r}",
-                              f"write {{choice: [...]}} or {{fixed: {entry!r}}}", key=key)
-        dist_names = [k for k in entry if k in DISTRIBUTIONS]
-        if len(dist_names) != 1:
-            fix = "name exactly one of " + ", ".join(DISTRIBUTIONS.names())
-            others = [k for k in entry if k not in DISTRIBUTIONS and k != "when"]
-            if others and not dist_names:
-                close = difflib.get_close_matches(str(others[0]), DISTRIBUTIONS.names(), n=1)
-                fix = f"did you mean {close[0]!r}?" if close else fix
-                raise where.error(path + (others[0],), f"unknown distribution {others[0]!r}", fix, key=key)
-            raise where.error(path, f"needs one distribution, got {dist_names or 'none'}", fix, key=key)
-        dname = dist_names[0]
-        extra = {k: v for k, v in entry.items() if k not in (dname, "when")}
-        for k in extra:
-            if k not in EXTRA_KEYS.get(dname, ()):
-                allowed = sorted(EXTRA_KEYS.get(dname, ())) + ["when"]
-                raise where.error(path + (k,), f"{dname} takes no option {k!r}", f"allowed: {', '.join(allowed)}",
-                                  key=f"{key}.{k}")
-
-        def fail(message, fix="", _path=path + (dname,), _key=key):
-            return where.error(_path, message, fix, key=_key)
-
-        dist = DISTRIBUTIONS.get(dname).parse(entry[dname], extra, keys[key][0], key, fail)
-        params[key] = Param(key, dist)
-        if "when" in entry:
-            whens[key] = entry["when"]
-    for key, cond in whens.items():
-        params[key] = dataclasses.replace(params[key], when=_when(key, cond, params, where))
+            raise where.error(("space", key), "not a trial-config key", e.fix, key=f"space.{key}")
+        # A list gives alternatives: one distribution per condition, e.g. a depth per family.
+        alternatives = entry if isinstance(entry, list) and entry else [entry]
+        params[key] = []
+        for i, alt in enumerate(alternatives):
+            path = ("space", key, i) if isinstance(entry, list) else ("space", key)
+            params[key].append(_entry(key, alt, path, keys, where))
+            if isinstance(alt, dict) and "when" in alt:
+                whens[(key, i)] = (path, alt["when"])
+            elif len(alternatives) > 1:
+                raise where.error(path, "each alternative needs a when: condition",
+                                  "add e.g. when: {model.name: wrn}", key=key)
+    for (key, i), (path, cond) in whens.items():
+        params[key][i] = dataclasses.replace(params[key][i], when=_when(params[key][i], path, cond, params, where))
+    for key, alts in params.items():
+        if len(alts) > 1:
+            _check_exclusive(key, alts, where)
+            params[key] = [dataclasses.replace(p, alternative=True) for p in alts]
     return _ordered(params, where)
 
 
-def _when(key: str, cond, params: dict[str, Param], where: Where) -> tuple:
-    path = ("space", key, "when")
+def _entry(key: str, entry, path: tuple, keys, where: Where) -> Param:
+    if not isinstance(entry, dict):
+        raise where.error(path, f"needs a distribution, got {entry!r}",
+                          f"write {{choice: [...]}} or {{fixed: {entry!r}}}", key=key)
+    dist_names = [k for k in entry if k in DISTRIBUTIONS]
+    if len(dist_names) != 1:
+        fix = "name exactly one of " + ", ".join(DISTRIBUTIONS.names())
+        others = [k for k in entry if k not in DISTRIBUTIONS and k != "when"]
+        if others and not dist_names:
+            close = difflib.get_close_matches(str(others[0]), DISTRIBUTIONS.names(), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else fix
+            raise where.error(path + (others[0],), f"unknown distribution {others[0]!r}", fix, key=key)
+        raise where.error(path, f"needs one distribution, got {dist_names or 'none'}", fix, key=key)
+    dname = dist_names[0]
+    extra = {k: v for k, v in entry.items() if k not in (dname, "when")}
+    for k in extra:
+        if k not in EXTRA_KEYS.get(dname, ()):
+            allowed = sorted(EXTRA_KEYS.get(dname, ())) + ["when"]
+            raise where.error(path + (k,), f"{dname} takes no option {k!r}", f"allowed: {', '.join(allowed)}",
+                              key=f"{key}.{k}")
+
+    def fail(message, fix=""):
+        return where.error(path + (dname,), message, fix, key=key)
+
+    return Param(key, DISTRIBUTIONS.get(dname).parse(entry[dname], extra, keys[key][0], key, fail))
+
+
+def _possible(alts: list[Param]) -> tuple | None:
+    values = [possible_values(p.dist) for p in alts]
+    if any(v is None for v in values):
+        return None
+    return tuple(dict.fromkeys(v for vs in values for v in vs))
+
+
+def _when(mine: Param, path: tuple, cond, params: dict[str, list[Param]], where: Where) -> tuple:
+    key, path = mine.key, path + ("when",)
     if not isinstance(cond, dict) or not cond:
         raise where.error(path, f"when needs a mapping of parameter: value, got {cond!r}",
                           "write when: {optim.name: lars}", key=f"{key}.when")
-    if isinstance(params[key].dist, Grid):
+    if isinstance(mine.dist, Grid):
         raise where.error(path, "a grid parameter cannot be conditional", "use choice instead of grid",
                           key=f"{key}.when")
     out = []
@@ -263,7 +284,7 @@ def _when(key: str, cond, params: dict[str, Param], where: Where) -> tuple:
         if other == key:
             raise where.error(path, "a parameter cannot depend on itself", "remove the condition", key=f"{key}.when")
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
-        possible = possible_values(params[other].dist)
+        possible = _possible(params[other])
         if possible is None:
             raise where.error(path + (other,), f"{other} is continuous, so a condition on its value never holds",
                               "condition on a choice, grid or fixed parameter", key=f"{key}.when")
@@ -282,9 +303,21 @@ def _when(key: str, cond, params: dict[str, Param], where: Where) -> tuple:
     return tuple(out)
 
 
-def _ordered(params: dict[str, Param], where: Where) -> tuple[Param, ...]:
+def _check_exclusive(key: str, alts: list[Param], where: Where) -> None:
+    """Alternatives must never hold together: some condition key splits them into disjoint values."""
+    common = set.intersection(*(set(dict(p.when)) for p in alts))
+    for k in common:
+        seen: set = set()
+        sets = [set(dict(p.when)[k]) for p in alts]
+        if all(not (s & seen) and not seen.update(s) for s in sets):
+            return
+    raise where.error(("space", key), "two alternatives can hold at once",
+                      "condition every alternative on one parameter with disjoint values", key=key)
+
+
+def _ordered(params: dict[str, list[Param]], where: Where) -> tuple[Param, ...]:
     """Order parameters so every condition's target is sampled before it."""
-    done: dict[str, Param] = {}
+    done: dict[str, list[Param]] = {}
     visiting: set[str] = set()
 
     def visit(key):
@@ -294,14 +327,15 @@ def _ordered(params: dict[str, Param], where: Where) -> tuple[Param, ...]:
             raise where.error(("space", key, "when"), "conditions form a cycle", "make one parameter unconditional",
                               key=f"{key}.when")
         visiting.add(key)
-        for other, _ in params[key].when:
-            visit(other)
+        for p in params[key]:
+            for other, _ in p.when:
+                visit(other)
         visiting.discard(key)
         done[key] = params[key]
 
     for key in params:
         visit(key)
-    return tuple(done.values())
+    return tuple(p for alts in done.values() for p in alts)
 
 
 def _as_grid(space: tuple[Param, ...], where: Where) -> tuple[Param, ...]:
@@ -311,7 +345,7 @@ def _as_grid(space: tuple[Param, ...], where: Where) -> tuple[Param, ...]:
         if values is None:
             raise where.error(("space", p.key), f"sampler grid cannot sample {p.dist.describe()}",
                               "use a list of values ({grid: [...]}) or sampler: {name: random}", key=p.key)
-        if p.when:
+        if p.when and not isinstance(p.dist, Fixed):  # a fixed value has nothing to cross
             raise where.error(("space", p.key, "when"), "sampler grid cannot cross conditional parameters",
                               "use sampler random, or drop the condition", key=f"{p.key}.when")
         out.append(dataclasses.replace(p, dist=Grid(tuple(values))) if not isinstance(p.dist, Fixed) else p)

@@ -48,6 +48,15 @@ class Param:
     key: str
     dist: Any
     when: tuple[tuple[str, tuple], ...] = ()
+    alternative: bool = False  # one of several distributions of the same key
+
+    @property
+    def name(self) -> str:
+        """The engine's name for it: engines need a name per distribution, so
+        alternatives carry their condition, e.g. 'model.depth[model.name=wrn]'."""
+        if not self.alternative:
+            return self.key
+        return self.key + "[" + ",".join(f"{k}={'|'.join(map(str, v))}" for k, v in self.when) + "]"
 
     def active(self, values: dict[str, Any]) -> bool:
         return all(k in values and values[k] in allowed for k, allowed in self.when)

@@ -88,7 +88,7 @@ def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for p in spec.space:
         if p.active(values):
-            values[p.key] = suggest(p.dist, trial, p.key)
+            values[p.key] = suggest(p.dist, trial, p.name)
     return values
 
 

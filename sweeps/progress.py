@@ -50,7 +50,7 @@ class Progress:
         value = trial.value if trial.value is not None else None
         if value is not None and (self.best is None or (value < self.best[0]) == self.minimize):
             self.best = (value, trial.number)
-        params = " ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+        params = " ".join(f"{k.split('[', 1)[0]}={fmt(v)}" for k, v in trial.params.items())  # alternatives by key
         result = f"{self.metric}={fmt(value)}" if value is not None else state
         if state == "fail":
             result = f"failed: {trial.user_attrs.get('error', 'interrupted')}"

@@ -74,3 +74,23 @@ def check_depth(name: str, depth: int, per_block: int, extra: int, min_n: int = 
 
 
 RESIDUAL_DEFAULTS = dict(drop_path=0.0, zero_init_residual=False, init="kaiming_fan_out")
+
+
+def stages(widths: list[int], n: int, cin: int, make, drop_path: float) -> tuple[nn.Sequential, int]:
+    """Stages of n blocks each; the first block of every stage after the first halves the resolution.
+
+    `make(stage, i, cin, cout, stride, drop)` builds one block; drop rates
+    follow the linear rule over all blocks. Returns the blocks and their output width.
+    """
+    rates = iter(drop_rates(drop_path, len(widths) * n))
+    layers = []
+    for stage, cout in enumerate(widths):
+        for i in range(n):
+            layers.append(make(stage, i, cin, cout, 2 if (i == 0 and stage > 0) else 1, next(rates)))
+            cin = cout
+    return nn.Sequential(*layers), cin
+
+
+def classify(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
+    """Global average pooling then the classifier, whatever the input resolution."""
+    return fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
 
 
 class _Block(nn.Module):
@@ -76,21 +76,15 @@ class ResNet(nn.Module):
         block, per_block = BLOCKS[opts.block]
         n = check_depth(f"resnet {opts.block}", opts.depth, per_block, 2)
         widths = [opts.base_channels * 2 ** i * block.expansion for i in range(3)]
-        rates = iter(drop_rates(opts.drop_path, 3 * n))
         self.stem = nn.Sequential(conv(in_channels, opts.base_channels, 3), nn.BatchNorm2d(opts.base_channels),
                                   nn.ReLU(inplace=True))
-        layers, cin = [], opts.base_channels
-        for stage, cout in enumerate(widths):
-            for i in range(n):
-                layers.append(block(cin, cout, 2 if (i == 0 and stage > 0) else 1, next(rates)))
-                cin = cout
-        self.stages = nn.Sequential(*layers)
+        self.stages, cin = stages(widths, n, opts.base_channels, lambda stage, i, cin, cout, stride, drop: block(
+            cin, cout, stride, drop), opts.drop_path)
         self.fc = nn.Linear(cin, num_classes)
         finish(self, opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return classify(self.stages(self.stem(x)), self.fc)
 
 
 @family("resnet", depth=110, block="basic", base_channels=16, **RESIDUAL_DEFAULTS)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
 
 
 class SqueezeExcite(nn.Module):
@@ -88,22 +88,15 @@ class ResNetPreact(nn.Module):
             raise ConfigError("model.preact_stage", f"needs 3 values (one per stage), got {len(opts.preact_stage)}",
                               "use e.g. [true, false, false]")
         widths = [opts.base_channels * opts.widen * 2 ** i * block.expansion for i in range(3)]
-        rates = iter(drop_rates(opts.drop_path, 3 * n))
         self.stem = conv(in_channels, opts.base_channels, 3)
-        layers, cin = [], opts.base_channels
-        for stage, cout in enumerate(widths):
-            for i in range(n):
-                stride = 2 if (i == 0 and stage > 0) else 1
-                layers.append(block(cin, cout, stride, i == 0 and opts.preact_stage[stage], opts, next(rates)))
-                cin = cout
-        self.stages = nn.Sequential(*layers)
+        self.stages, cin = stages(widths, n, opts.base_channels, lambda stage, i, cin, cout, stride, drop: block(
+            cin, cout, stride, i == 0 and opts.preact_stage[stage], opts, drop), opts.drop_path)
         self.bn = nn.BatchNorm2d(cin)
         self.fc = nn.Linear(cin, num_classes)
         finish(self, opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn(self.stages(self.stem(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return classify(F.relu(self.bn(self.stages(self.stem(x)))), self.fc)
 
 
 PREACT_DEFAULTS = dict(depth=20, block="basic", base_channels=16, widen=1, remove_first_relu=False,

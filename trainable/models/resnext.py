@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
 
 STEM_CHANNELS = 64
 STAGE_OUT = (256, 512, 1024)  # fixed by the paper; cardinality and base_width set the inner width only
@@ -48,22 +48,18 @@ class ResNeXt(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{key}", f"resnext needs a positive integer, got {value!r}",
                                   "use e.g. cardinality 8, base_width 64 (ResNeXt-29 8x64d)")
-        rates = iter(drop_rates(opts.drop_path, 3 * n))
         self.stem = nn.Sequential(conv(in_channels, STEM_CHANNELS, 3), nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU())
-        layers, cin = [], STEM_CHANNELS
-        for stage, cout in enumerate(STAGE_OUT):
+
+        def make(stage, i, cin, cout, stride, drop):
             inner = opts.cardinality * opts.base_width * 2 ** stage
-            for i in range(n):
-                stride = 2 if (i == 0 and stage > 0) else 1
-                layers.append(Bottleneck(cin, inner, cout, stride, opts.cardinality, next(rates)))
-                cin = cout
-        self.stages = nn.Sequential(*layers)
+            return Bottleneck(cin, inner, cout, stride, opts.cardinality, drop)
+
+        self.stages, cin = stages(list(STAGE_OUT), n, STEM_CHANNELS, make, opts.drop_path)
         self.fc = nn.Linear(cin, num_classes)
         finish(self, opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return classify(self.stages(self.stem(x)), self.fc)
 
 
 @family("resnext", depth=29, cardinality=8, base_width=64, **RESIDUAL_DEFAULTS)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
 
 
 class WideBasic(nn.Module):
@@ -49,22 +49,15 @@ class WideResNet(nn.Module):
         if not 0.0 <= opts.dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {opts.dropout}", "the paper uses 0.3")
         widths = [opts.base_channels * opts.widen * 2 ** i for i in range(3)]
-        rates = iter(drop_rates(opts.drop_path, 3 * n))
         self.stem = conv(in_channels, opts.base_channels, 3)
-        layers, cin = [], opts.base_channels
-        for stage, cout in enumerate(widths):
-            for i in range(n):
-                stride = 2 if (i == 0 and stage > 0) else 1
-                layers.append(WideBasic(cin, cout, stride, opts.dropout, next(rates)))
-                cin = cout
-        self.stages = nn.Sequential(*layers)
+        self.stages, cin = stages(widths, n, opts.base_channels, lambda stage, i, cin, cout, stride, drop: WideBasic(
+            cin, cout, stride, opts.dropout, drop), opts.drop_path)
         self.bn = nn.BatchNorm2d(cin)
         self.fc = nn.Linear(cin, num_classes)
         finish(self, opts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn(self.stages(self.stem(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return classify(F.relu(self.bn(self.stages(self.stem(x)))), self.fc)
 
 
 @family("wrn", depth=28, widen=10, dropout=0.0, base_channels=16, **RESIDUAL_DEFAULTS)
