@@ -127,3 +127,14 @@ def test_cli_models_lists_every_family_and_counts_one():
     bad = subprocess.run([sys.executable, str(ROOT / "cli.py"), "models", "resnet_preact", "--set", "depth=21"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "6n+2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_timm_models_by_name_or_a_clear_error_without_the_extra():
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"recipe-sweep\[timm\]"):
+            build_model(Model(name="timm:resnet18"), 10, 3)
+        return
+    model = build_model(Model(name="timm:resnet18", drop_path=0.1), 10, 1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
