@@ -49,6 +49,24 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], 
     return roi_align(x.float(), boxes, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def cutout(x: torch.Tensor, size: int, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): zero a size x size square centred at a uniform point.
+
+    The square is clipped at the border, so patches near an edge are smaller,
+    as in the paper. Works on any batch (uint8 or normalized float).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (b, 1, 1), device=dev, generator=gen)
+    cx = torch.randint(0, w, (b, 1, 1), device=dev, generator=gen)
+    rows = torch.arange(h, device=dev)[None, :, None]
+    cols = torch.arange(w, device=dev)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    patch = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    patch &= (torch.rand(b, 1, 1, device=dev, generator=gen) < prob)
+    return x.masked_fill(patch[:, None], 0)
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(len(x), device=x.device, generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)

@@ -78,38 +78,124 @@ class Train:
     eval_batch_size: int = opt(512, "batch size for validation and test")
     seed: int = opt(0, "seeds model init, shuffling and augmentation")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = opt("fp32", "fp32 | bf16 (autocast)", ("fp32", "bf16"))
+    precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast with a grad scaler; GPU only)",
+                         ("fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on CPU and GPU)")
     threads: int = opt(0, "torch CPU threads for this trial (0: torch's default)")
+    accumulate: int = opt(1, "micro-batches per batch: gradients are accumulated, one optimizer step per batch")
+    ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size")
+    ema_decay: Optional[float] = opt(None, "EMA of weights with this decay (e.g. 0.999), evaluated beside the raw model")
+    early_stop: Optional[int] = opt(None, "stop when val_error has not improved for this many epochs")
+    tta_flip: bool = opt(False, "evaluate on each image and its mirror, averaging the softmax")
+    loss: str = opt("ce", "ce (softmax cross-entropy) | bce (binary cross-entropy on targets, as in RSB)",
+                    ("ce", "bce"))
+    teacher: Optional[str] = opt(None, "knowledge distillation from this model file (saved with save_model)")
+    distill_alpha: float = opt(0.5, "distillation: weight of the teacher's soft targets in the loss")
+    distill_temperature: float = opt(1.0, "distillation: softmax temperature of teacher and student")
+    save_model: Optional[str] = opt(None, "write the final weights and model config to this file")
 
 
 @dataclass(frozen=True)
 class Optim:
-    name: str = opt("sgd", "optimizer", ("sgd",))
-    lr: float = opt(0.1, "initial learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    nesterov: bool = opt(True, "Nesterov momentum")
-    weight_decay: float = opt(5e-4, "L2 weight decay")
+    name: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adabound", "lars", "lamb"))
+    lr: float = opt(0.1, "initial learning rate (per reference_batch images when scale_lr is on)")
+    momentum: float = opt(0.9, "SGD / LARS momentum")
+    dampening: float = opt(0.0, "SGD dampening")
+    nesterov: bool = opt(True, "Nesterov momentum (SGD)")
+    weight_decay: float = opt(5e-4, "weight decay (L2 for sgd/adam/lars, decoupled for adamw/lamb)")
+    no_decay_bn_bias: bool = opt(False, "exclude BN parameters and biases from weight decay")
+    betas: tuple[float, ...] = opt((0.9, 0.999), "adam / adamw / adabound / lamb betas")
+    eps: float = opt(1e-8, "adam / adamw / adabound / lamb / lars epsilon")
+    final_lr: float = opt(0.1, "adabound: the SGD learning rate the bounds converge to")
+    bound_gamma: float = opt(1e-3, "adabound: convergence speed of the bounds")
+    trust_coefficient: float = opt(0.001, "lars: trust coefficient of the layer-wise lr")
+    grad_clip: Optional[float] = opt(None, "clip the gradients' global norm to this value")
+    scale_lr: bool = opt(False, "linear scaling rule: lr = lr * batch_size / reference_batch")
+    reference_batch: int = opt(256, "linear scaling rule: the batch size that lr is given for")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    name: str = opt("cosine", "learning-rate schedule, stepped every iteration", ("cosine", "multistep"))
-    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs (fractions allowed)")
-    warmup_start: float = opt(0.0, "warm-up starts at this fraction of the lr")
-    min_lr_ratio: float = opt(0.0, "cosine: floor as a fraction of the initial lr")
+    name: str = opt("cosine", "learning-rate schedule, stepped every iteration",
+                    ("constant", "step", "multistep", "exponential", "linear", "cosine", "sgdr", "onecycle"))
+    warmup_epochs: float = opt(0.0, "warm-up length in epochs (fractions allowed)")
+    warmup_mode: str = opt("linear", "warm-up shape", ("linear", "exponential"))
+    warmup_start: float = opt(0.0, "warm-up starts at this fraction of the lr (exponential: must be > 0)")
+    min_lr_ratio: float = opt(0.0, "cosine / linear / sgdr: floor as a fraction of the initial lr")
     milestones: tuple[float, ...] = opt((0.5, 0.75), "multistep: decay points as fractions of the training length")
-    gamma: float = opt(0.1, "multistep: factor applied at each milestone")
+    step_epochs: float = opt(30.0, "step: decay every this many epochs")
+    gamma: float = opt(0.1, "step / multistep: factor at each decay; exponential: factor per epoch")
+    restart_epochs: float = opt(10.0, "sgdr: length of the first cycle in epochs")
+    restart_mult: float = opt(2.0, "sgdr: each cycle is this many times longer than the last")
+    onecycle_peak: float = opt(0.3, "onecycle: share of training spent rising to the peak lr")
+    onecycle_div: float = opt(25.0, "onecycle: starting lr = lr / this")
+    onecycle_final_div: float = opt(1e4, "onecycle: final lr = lr / (onecycle_div * this)")
+
+
+@dataclass(frozen=True)
+class Cutout:
+    size: int = opt(0, "side of the square patch set to zero (0: off); e.g. 16 on CIFAR")
+    prob: float = opt(1.0, "share of images that get a patch")
+
+
+@dataclass(frozen=True)
+class RandomErasing:
+    prob: float = opt(0.0, "share of images erased (0: off); the paper uses 0.5")
+    area: tuple[float, ...] = opt((0.02, 0.4), "range of the erased share of the image area")
+    ratio: tuple[float, ...] = opt((0.3, 3.3), "range of the erased rectangle's aspect ratio")
+    value: str = opt("random", "erase with random values or zeros", ("random", "zero"))
+
+
+@dataclass(frozen=True)
+class Mixup:
+    alpha: float = opt(0.0, "Beta(alpha, alpha) mixing weight (0: off); e.g. 1.0")
+    prob: float = opt(1.0, "share of batches mixed")
+
+
+@dataclass(frozen=True)
+class CutMix:
+    alpha: float = opt(0.0, "Beta(alpha, alpha) area share (0: off); e.g. 1.0")
+    prob: float = opt(1.0, "share of batches mixed")
+
+
+@dataclass(frozen=True)
+class Ricap:
+    beta: float = opt(0.0, "Beta(beta, beta) boundary position (0: off); the paper uses 0.3")
+    prob: float = opt(1.0, "share of batches patched")
+
+
+@dataclass(frozen=True)
+class DualCutout:
+    alpha: float = opt(0.0, "weight of the consistency term between two cutout views (0: off); e.g. 0.1")
+    size: int = opt(16, "cutout side for both views")
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = opt("none", "learned or random augmentation policy",
+                    ("none", "autoaugment", "randaugment", "trivialaugment"))
+    num_ops: int = opt(2, "randaugment: operations per image")
+    magnitude: int = opt(9, "randaugment: magnitude (0-30)")
 
 
 @dataclass(frozen=True)
 class Augment:
-    crop_padding: int = opt(4, "random crop after zero padding by this many pixels (0: off)")
+    crop_padding: int = opt(4, "random crop after padding by this many pixels (0: off)")
+    pad_mode: str = opt("constant", "padding of the random crop", ("constant", "reflect", "replicate"))
+    pad_fill: int = opt(0, "constant padding value (0-255)")
     flip: bool = opt(True, "random horizontal flip")
     random_resized_crop: bool = opt(False, "random crop of random area and aspect, resized to data.image_size")
     crop_scale: tuple[float, ...] = opt((0.08, 1.0), "random_resized_crop: range of the crop's area share")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets")
+    label_smoothing: float = opt(0.0, "label smoothing; composes with mixup, cutmix and ricap")
+    repeated: int = opt(1, "repeated augmentation: each batch holds this many augmented copies of each image")
+    policy: Policy = field(default_factory=Policy)
+    cutout: Cutout = field(default_factory=Cutout)
+    random_erasing: RandomErasing = field(default_factory=RandomErasing)
+    mixup: Mixup = field(default_factory=Mixup)
+    cutmix: CutMix = field(default_factory=CutMix)
+    ricap: Ricap = field(default_factory=Ricap)
+    dual_cutout: DualCutout = field(default_factory=DualCutout)
 
 
 @dataclass(frozen=True)
