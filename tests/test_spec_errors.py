@@ -98,8 +98,8 @@ MALFORMED = [
      "base.train", 4, "config section"),
     ("base_not_mapping", HEAD + "base: [train]\n",
      "base", 3, "mapping of config sections"),
-    ("base_choice_not_allowed", HEAD + "base:\n  train: {precision: fp16}\n",
-     "base.train.precision", 4, "'fp16' is not one of fp32, bf16"),
+    ("base_choice_not_allowed", HEAD + "base:\n  train: {precision: fp8}\n",
+     "base.train.precision", 4, "'fp8' is not one of fp32, bf16, fp16"),
     # ---- space: keys and entries ---------------------------------------------
     ("space_key_not_config_key", SPACE + "  optim.learning_rate: {loguniform: [1.0e-4, 1.0]}\n",
      "space.optim.learning_rate", 4, "not a trial-config key"),  # difflib suggests 'optim.name' here
