@@ -24,6 +24,10 @@ def describe(spec: SweepSpec) -> str:
     for p in spec.space:
         cond = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
         lines.append(f"  {p.key:<{width}}  {p.dist.describe()}{cond}")
+    if spec.variants:
+        lines.append("variants:")
+        lines += [f"  {name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "(the base)")
+                  for name, values in spec.variants.items()]
     default, base = flatten(to_dict(TrialConfig())), flatten(to_dict(spec.base))
     changed = {k: v for k, v in base.items() if default[k] != v}
     lines.append("base (changed from the defaults):" if changed else "base: the defaults")

@@ -24,7 +24,7 @@ from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpe
 
 BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
           "resources": Resources}
-TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "space", "presets", "reference")
+TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "variants", "space", "presets", "reference")
 ENGINES = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -133,7 +133,8 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         raise where.error(("seeds",), f"must be a positive integer, got {seeds!r}", "use seeds: 1 or more")
     blocks = {k: _block(cls, raw.get(k), (k,), where) for k, cls in BLOCKS.items()}
     base = _base(raw.get("base"), where)
-    space = _space(raw.get("space"), base, where)
+    variants = _variants(raw.get("variants"), base, where)
+    space = _space(raw.get("space"), base, where, variants)
     sampler = blocks["sampler"]
     if sampler.name == "grid":
         space = _as_grid(space, where)
@@ -146,7 +147,7 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         raise where.error(("reference",), "reference is a list of rows (mappings)",
                           "write reference: [{model: ..., test_error: ...}]")
     return SweepSpec(name=name, source=where.source, engine=engine, seeds=seeds, base=base, space=space,
-                     presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
+                     variants=variants, presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
 
 
 def _unknown(where: Where, path: tuple, key: str, known) -> SpecError:
@@ -197,14 +198,39 @@ def _base(raw, where: Where) -> TrialConfig:
     return cfg
 
 
-def _space(raw, base: TrialConfig, where: Where) -> tuple[Param, ...]:
+def _variants(raw, base: TrialConfig, where: Where) -> dict[str, dict[str, Any]]:
+    """Named sets of config values (an ablation's rows), crossed with the space as a grid."""
     if raw is None:
-        return ()
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise where.error(("variants",), "variants is a mapping of name: {config.key: value}",
+                          "write variants: {baseline: {}, cutout: {augment.cutout.size: 16}}")
+    out = {}
+    for name, values in raw.items():
+        path = ("variants", name)
+        values = values or {}
+        if not isinstance(values, dict):
+            raise where.error(path, f"a variant is a mapping of config keys to values, got {values!r}",
+                              "write e.g. {augment.cutout.size: 16}")
+        cfg = base
+        for key, value in flatten(values).items():
+            try:
+                cfg = with_key(cfg, key, value)
+            except ConfigError as e:
+                raise where.error(path + (key,), e.message, e.fix, key=f"variants.{name}.{key}") from None
+        out[str(name)] = flatten(values)
+    return out
+
+
+def _space(raw, base: TrialConfig, where: Where, variants: dict | None = None) -> tuple[Param, ...]:
+    variant = (Param("variant", Grid(tuple(variants))),) if variants else ()
+    if raw is None:
+        return variant
     if not isinstance(raw, dict):
         raise where.error(("space",), "space is a mapping of config keys to distributions",
                           "write space: {optim.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
     keys = leaf_keys()
-    params: dict[str, list[Param]] = {}
+    params: dict[str, list[Param]] = {p.key: [p] for p in variant}
     whens: dict[tuple, Any] = {}  # (key, alternative index) -> raw condition
     for key, entry in raw.items():
         key = str(key)

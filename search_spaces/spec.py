@@ -75,6 +75,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     base: TrialConfig = field(default_factory=TrialConfig)
     space: tuple[Param, ...] = ()
+    variants: dict = field(default_factory=dict, compare=False)  # name -> {config key: value}
     presets: tuple[str, ...] = ()
     reference: tuple = ()
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # after presets and --set
@@ -100,6 +101,9 @@ class SweepSpec:
     def config(self, values: dict[str, Any], seed_index: int = 0) -> TrialConfig:
         """The trial config of sampled values, for the seed_index-th seed."""
         cfg = self.base
+        values = dict(values)
+        for key, value in self.variants.get(values.pop("variant", None), {}).items():
+            cfg = with_key(cfg, key, value)
         for key, value in values.items():
             cfg = with_key(cfg, key, value)
         return with_key(cfg, "train.seed", self.base.train.seed + seed_index)

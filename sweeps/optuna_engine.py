@@ -97,7 +97,7 @@ def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
 def fingerprint(spec: SweepSpec) -> str:
     """What makes two runs the same sweep: base config, space, seeds and objective."""
     raw = spec.raw
-    key = {k: raw.get(k) for k in ("base", "space", "seeds", "objective")}
+    key = {k: raw.get(k) for k in ("base", "variants", "space", "seeds", "objective")}
     key["base"] = to_dict(spec.base)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,17 +1,28 @@
 """Augmentation of whole uint8 batches on the training device.
 
 One gather per batch replaces a per-image PIL pipeline: the padded dataset is
-kept resident and each batch is cut out of it at random offsets.
+kept resident and each batch is cut out of it at random offsets. Every random
+draw comes from the trial's generator, so a seed fixes the whole stream.
+
+Order within a batch: crop/flip (uint8) -> policy (uint8) -> normalize ->
+cutout -> random erasing.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .config import Augment
+from .config import Augment, Policy
+from .errors import ConfigError
+from .registry import Registry
+
+
+def pad_images(x: torch.Tensor, pad: int, mode: str, fill: int = 0) -> torch.Tensor:
+    """Pad all four sides once, so a crop is one gather: constant (fill), reflect or replicate."""
+    return F.pad(x, [pad] * 4, mode=mode, **({"value": fill} if mode == "constant" else {}))
 
 
 def random_crop(padded: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], pad: int,
@@ -87,30 +98,177 @@ class Normalize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
+ERASE_VALUES: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("erasing value")
+
+
+@ERASE_VALUES.register("random")
+def _erase_random(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    # One standard normal per pixel and channel: noise at the scale of a normalized batch.
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=gen)
+
+
+@ERASE_VALUES.register("zero")
+def _erase_zero(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return torch.zeros((), device=x.device, dtype=x.dtype)
+
+
+def erasing_boxes(b: int, h: int, w: int, area, ratio, gen: torch.Generator, device=None,
+                  tries: int = 10) -> tuple[torch.Tensor, ...]:
+    """Per image, the first of `tries` candidate rectangles that fits inside h x w.
+
+    A candidate has area share ~ U(area) and log aspect (height/width) ~
+    U(log ratio); the one kept is placed uniformly among the offsets where it
+    fits. Returns (top, left, height, width, found); found is False where no
+    candidate fits, and that image is left alone.
+    """
+    share = torch.empty(b, tries, device=device).uniform_(area[0], area[1], generator=gen)
+    log_r = torch.empty(b, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    target = share * (h * w)
+    eh = torch.sqrt(target * torch.exp(log_r)).round().long()
+    ew = torch.sqrt(target / torch.exp(log_r)).round().long()
+    fits = (eh >= 1) & (eh <= h) & (ew >= 1) & (ew <= w)
+    first = fits.int().argmax(1, keepdim=True)  # argmax returns the first maximum
+    found = fits.any(1)
+    eh = torch.where(found, eh.gather(1, first)[:, 0], 0)
+    ew = torch.where(found, ew.gather(1, first)[:, 0], 0)
+    # min(): a float32 rand just below 1 times n can round up to n
+    top = torch.minimum((torch.rand(b, device=device, generator=gen) * (h - eh + 1)).long(), h - eh)
+    left = torch.minimum((torch.rand(b, device=device, generator=gen) * (w - ew + 1)).long(), w - ew)
+    return top, left, eh, ew, found
+
+
+def random_erasing(x: torch.Tensor, prob: float, area, ratio, value: str,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020): per image with probability prob, fill one rectangle.
+
+    Meant for normalized float batches: "random" fills with N(0, 1) per pixel,
+    "zero" with 0 (the dataset mean after normalization).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    top, left, eh, ew, found = erasing_boxes(b, h, w, area, ratio, gen, dev)
+    apply = found & (torch.rand(b, device=dev, generator=gen) < prob)
+    rows = torch.arange(h, device=dev)[None, :, None]
+    cols = torch.arange(w, device=dev)[None, None, :]
+    top, left, eh, ew = (t[:, None, None] for t in (top, left, eh, ew))
+    box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew) & apply[:, None, None]
+    return torch.where(box[:, None], ERASE_VALUES.get(value)(x, gen), x)
+
+
+POLICIES: Registry[Callable[[Policy], Callable]] = Registry("augmentation policy")
+
+
+@POLICIES.register("autoaugment")
+def _autoaugment(cfg: Policy):
+    from torchvision.transforms import v2
+    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+
+@POLICIES.register("randaugment")
+def _randaugment(cfg: Policy):
+    from torchvision.transforms import v2
+    return v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+
+
+@POLICIES.register("trivialaugment")
+def _trivialaugment(cfg: Policy):
+    from torchvision.transforms import v2
+    return v2.TrivialAugmentWide()
+
+
+def apply_policy(x: torch.Tensor, transform: Callable, gen: torch.Generator) -> torch.Tensor:
+    """Apply a torchvision v2 policy to each image of a uint8 batch on its own.
+
+    The v2 policies draw one operation per call for their whole input, so a
+    batch in one call would get the same operation on every image.
+    """
+    if x.dtype != torch.uint8:  # random_resized_crop gives float in 0..255
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    seed = int(torch.randint(2**31, (1,), device=gen.device, generator=gen))
+    # The v2 policies take no generator: they draw from torch's global CPU RNG.
+    # Seeding it from `gen` makes the policy a function of train.seed; the
+    # fork keeps the global stream the rest of training sees (dropout, ...)
+    # the same with or without a policy.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([transform(img) for img in x])
+
+
+def check(cfg: Augment, batch_size: int, image_shape) -> None:
+    """Reject augment values the batches cannot use, naming the key and the fix."""
+    c, h, w = image_shape
+    p, r, er = cfg.policy, cfg.repeated, cfg.random_erasing
+    rules = [
+        ("augment.repeated", r >= 1 and batch_size % r == 0,
+         f"{r} must be >= 1 and divide train.batch_size {batch_size}",
+         "use a divisor of train.batch_size (1: off), or change train.batch_size"),
+        ("augment.crop_padding", cfg.crop_padding >= 0, "must be >= 0", "use 0 (off) or a positive pad"),
+        ("augment.crop_padding", cfg.pad_mode != "reflect" or cfg.crop_padding < min(h, w),
+         f"reflect padding needs a pad below the image size {min(h, w)}", "lower it or use replicate"),
+        ("augment.pad_fill", 0 <= cfg.pad_fill <= 255, f"{cfg.pad_fill} is not a uint8 value", "use 0-255"),
+        ("augment.cutout.size", cfg.cutout.size >= 0, "must be >= 0", "use 0 (off) or a positive side"),
+        ("augment.cutout.prob", 0 <= cfg.cutout.prob <= 1, "must lie in [0, 1]", "use a probability"),
+        ("augment.random_erasing.prob", 0 <= er.prob <= 1, "must lie in [0, 1]", "use a probability"),
+        ("augment.random_erasing.area", len(er.area) == 2 and 0 < er.area[0] <= er.area[1] <= 1,
+         f"{list(er.area)} is not a range of area shares", "give [low, high] with 0 < low <= high <= 1"),
+        ("augment.random_erasing.ratio", len(er.ratio) == 2 and 0 < er.ratio[0] <= er.ratio[1],
+         f"{list(er.ratio)} is not a range of aspect ratios", "give [low, high] with 0 < low <= high"),
+        ("augment.policy.name", p.name == "none" or c in (1, 3),
+         f"policies need 1- or 3-channel images, not {c}", "use none"),
+        ("augment.policy.magnitude", p.name != "randaugment" or 0 <= p.magnitude <= 30,
+         f"{p.magnitude} is outside 0-30", "use 0-30 (9 in the paper)"),
+        ("augment.policy.num_ops", p.name != "randaugment" or p.num_ops >= 0, "must be >= 0", "use e.g. 2"),
+    ]
+    for key, ok, message, fix in rules:
+        if not ok:
+            raise ConfigError(key, message, fix)
+
+
 class TrainBatches:
-    """Shuffled, augmented training batches from a resident uint8 tensor."""
+    """Shuffled, augmented training batches from a resident uint8 tensor.
+
+    With augment.repeated = r > 1 (Hoffer et al. 2020; DeiT), a batch holds
+    batch_size // r images, each r times with independent augmentation, and
+    an epoch keeps its batch count, so it sees about len(y) / r images. The
+    copies are tiled ([a, b, a, b]), not interleaved, so each 1/r slice of the
+    batch (a ghost batch, a micro-batch) holds distinct images, as DeiT's
+    sampler puts copies on different devices.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
                  normalize: Normalize, gen: torch.Generator, out_size: int | None = None):
+        check(cfg, batch_size, tuple(x.shape[1:]))
         self.pad, self.flip = cfg.crop_padding, cfg.flip
         self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
         self.size = tuple(x.shape[2:])
-        self.x = F.pad(x, [self.pad] * 4) if self.pad else x
+        self.x = pad_images(x, self.pad, cfg.pad_mode, cfg.pad_fill) if self.pad else x
         self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
+        self.repeated = cfg.repeated
+        self.policy = POLICIES.get(cfg.policy.name)(cfg.policy) if cfg.policy.name != "none" else None
+        self.cutout, self.erasing = cfg.cutout, cfg.random_erasing
 
     def __len__(self) -> int:
         return len(self.y) // self.batch_size  # the ragged tail would give BN a tiny batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.y), device=self.x.device, generator=self.gen)
+        distinct = self.batch_size // self.repeated
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)
             xb = random_crop(self.x, idx, self.size, self.pad, self.gen) if self.pad else self.x[idx]
             if self.rrc:
                 xb = random_resized_crop(xb, *self.rrc, self.gen)
             if self.flip:
                 xb = random_flip(xb, self.gen)
-            yield self.normalize(xb), self.y[idx]
+            if self.policy is not None:
+                xb = apply_policy(xb, self.policy, self.gen)
+            xb = self.normalize(xb)
+            if self.cutout.size > 0:
+                xb = cutout(xb, self.cutout.size, self.cutout.prob, self.gen)
+            if self.erasing.prob > 0:
+                er = self.erasing
+                xb = random_erasing(xb, er.prob, er.area, er.ratio, er.value, self.gen)
+            yield xb.contiguous(memory_format=self.normalize.memory_format), self.y[idx]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, normalize: Normalize):

@@ -1,0 +1,109 @@
+"""Training options against their definitions: EMA, accumulation, ghost BN, early stop, TTA, teacher."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import TINY_BASE
+from trainable import ConfigError, from_flat, train
+from trainable.config import Augment, Train, flatten
+from trainable.ghost_bn import GhostBatchNorm2d, apply_ghost_bn
+from trainable.model_io import load_model
+from trainable.objective import Objective
+from trainable.run import accumulate_gradients, evaluate
+
+
+def tiny(**changes):
+    return from_flat({**flatten(TINY_BASE), **changes})
+
+
+def no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+def test_gradient_accumulation_equals_the_full_batch_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    objective = Objective(Augment(), Train(), 10, torch.Generator().manual_seed(0))
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    grads = []
+    for parts in (1, 4):
+        model.zero_grad()
+        accumulate_gradients(model, objective, x, y, parts, no_autocast)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for full, acc in zip(*grads):
+        assert torch.allclose(full, acc, atol=1e-6)
+
+
+def test_ghost_batch_norm_normalises_each_ghost_batch_on_its_own():
+    torch.manual_seed(0)
+    ghost = GhostBatchNorm2d(3, ghost=4)
+    plain = nn.BatchNorm2d(3)
+    x = torch.randn(12, 3, 5, 5) * torch.arange(1, 13.0)[:, None, None, None]
+    out = ghost(x)
+    expected = torch.cat([plain(part) for part in x.split(4)])
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(ghost.running_mean, plain.running_mean) and ghost.num_batches_tracked == 3
+    model = apply_ghost_bn(nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)), 8)
+    assert isinstance(model[1], GhostBatchNorm2d) and model[1].ghost == 8
+
+
+def test_ema_follows_its_recurrence_and_is_reported_beside_the_raw_model():
+    seen = []
+    result = train(tiny(**{"train.ema_decay": 0.9, "train.epochs": 2}), lambda e, m: seen.append(m))
+    assert {"val_error_ema", "val_loss_ema"} <= set(seen[0]) and "test_error_ema" in result
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    w = nn.Parameter(torch.zeros(1))
+    ema = AveragedModel(nn.ParameterList([w]), multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    expected = None
+    for value in (1.0, 2.0, 3.0):
+        w.data.fill_(value)
+        ema.update_parameters(nn.ParameterList([w]))
+        expected = value if expected is None else 0.9 * expected + 0.1 * value  # first update copies
+        assert ema.module[0].item() == pytest.approx(expected)
+
+
+def test_early_stopping_ends_when_val_error_stops_improving():
+    result = train(tiny(**{"train.epochs": 6, "train.early_stop": 1, "optim.lr": 1.0e-9,
+                           "augment.crop_padding": 0, "augment.flip": False}))
+    assert result["epochs_done"] < 6
+
+
+def test_tta_flip_averages_the_softmax_of_image_and_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 3, (5,))
+    loss, err = evaluate(model, [(x, y)], no_autocast, tta_flip=True)
+    probs = 0.5 * (F.softmax(model(x), 1) + F.softmax(model(x.flip(3)), 1))
+    assert loss == pytest.approx(F.nll_loss(probs.log(), y).item(), rel=1e-5)
+    assert err == pytest.approx((probs.argmax(1) != y).float().mean().item())
+
+
+def test_saved_model_is_a_distillation_teacher(tmp_path):
+    path = tmp_path / "teacher.pt"
+    train(tiny(**{"train.save_model": str(path)}))
+    teacher = load_model(path, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    result = train(tiny(**{"train.teacher": str(path), "train.distill_alpha": 0.5}))
+    assert result["train_loss"] == result["train_loss"]  # finite, not NaN
+    with pytest.raises(ConfigError, match="train.teacher"):
+        train(tiny(**{"train.teacher": str(tmp_path / "missing.pt")}))
+
+
+def test_bf16_training_stays_finite():
+    result = train(tiny(**{"train.precision": "bf16", "train.epochs": 2}))
+    assert all(torch.isfinite(torch.tensor(result[k])) for k in ("train_loss", "val_loss", "test_loss"))
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"train.precision": "fp16", "train.device": "cpu"}, "train.precision"),
+    ({"train.ghost_batch": 128}, "train.ghost_batch"),
+    ({"train.accumulate": 3}, "train.accumulate"),
+    ({"train.ema_decay": 1.5}, "train.ema_decay"),
+    ({"train.early_stop": 0}, "train.early_stop"),
+])
+def test_invalid_combinations_are_one_clear_error(changes, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train(tiny(**changes))
