@@ -46,6 +46,17 @@ def _trust_ratio(w_norm: torch.Tensor, other_norm: torch.Tensor, ratio: torch.Te
     return torch.where((w_norm > 0) & (other_norm > 0), ratio, torch.ones_like(ratio))
 
 
+def _adam_moments(state: dict, p: torch.Tensor, grad: torch.Tensor, beta1: float, beta2: float):
+    """Update and return Adam's first and second moments and the step count of one parameter."""
+    if not state:
+        state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    return m, v, state["step"]
+
+
 class AdaBound(torch.optim.Optimizer):
     """Adam with each element's step size clipped into bounds closing on final_lr (Luo et al. 2019).
 
@@ -75,14 +86,7 @@ class AdaBound(torch.optim.Optimizer):
             final_lr = group["final_lr"] * lr / group["base_lr"]
             for p in _with_grad(group, "AdaBound"):
                 grad = p.grad.add(p, alpha=wd) if wd else p.grad
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m, v, t = _adam_moments(self.state[p], p, grad, beta1, beta2)
                 adam_lr = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 lower = final_lr * (1 - 1 / (gamma * t + 1))
                 upper = final_lr * (1 + 1 / (gamma * t))
@@ -148,14 +152,7 @@ class LAMB(torch.optim.Optimizer):
             beta1, beta2 = group["betas"]
             wd = group["weight_decay"]
             for p in _with_grad(group, "LAMB"):
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m, v, t = _adam_moments(self.state[p], p, p.grad, beta1, beta2)
                 m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
                 r = m_hat.div_(v_hat.sqrt_().add_(group["eps"]))
                 if wd:
