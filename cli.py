@@ -44,7 +44,8 @@ def cmd_run(args) -> int:
     spec = _load(args)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
     print(f"sweep {spec.name!r} on {spec.engine}: results in {url}", flush=True)
-    summary = sweeps.run(spec, url, quiet=args.quiet)
+    summary = sweeps.run(spec, url, quiet=args.quiet, workers=args.workers, address=args.address,
+                         run_dir=args.dir)
     frame = analysis.load(spec, url)
     if len(frame):
         table = analysis.trials_table(frame, spec.objective.metric, spec.objective.mode).head(args.top)
@@ -155,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["optuna", "ray"])
     _where(p)
     p.add_argument("--trials", type=int, help="trial budget (overrides budget.trials)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on one storage (Optuna), "
+                   "or trials at once (Ray)")
+    p.add_argument("--address", help="Ray: run on an existing cluster ('auto' or ray://host:port)")
     p.add_argument("--preset", help="apply a named preset of the spec (e.g. cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--top", type=int, default=10, help="rows of the final table")

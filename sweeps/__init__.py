@@ -6,8 +6,8 @@ from .storage import default_url, resolve
 __all__ = ["ENGINES", "Engine", "RunOptions", "RunSummary", "SweepError", "default_url", "resolve", "run"]
 
 
-def run(spec, storage: str, quiet: bool = False) -> RunSummary:
-    """Run (or resume) a sweep on the engine its spec names."""
+def run(spec, storage: str, quiet: bool = False, **options) -> RunSummary:
+    """Run (or resume) a sweep on the engine its spec names; options are RunOptions fields."""
     if spec.engine not in ENGINES:
         raise SweepError(f"engine: {ENGINES.unknown(spec.engine)}; fix: use --engine optuna")
-    return ENGINES.get(spec.engine)().run(spec, RunOptions(storage=storage, quiet=quiet))
+    return ENGINES.get(spec.engine)().run(spec, RunOptions(storage=storage, quiet=quiet, **options))
