@@ -57,7 +57,7 @@ def open_study(name_or_spec, storage: str | None = None, directory: str | Path =
 def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials without interrupted runs that were retried (their retry stands for them)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {t.user_attrs.get("retried") for t in trials}
     return [t for t in trials if t.number not in retried and t.state.name != "WAITING"]
 
 

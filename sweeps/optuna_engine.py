@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 from functools import singledispatch
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,7 +26,7 @@ from trainable.registry import Registry
 from .base import ENGINES, RunOptions, RunSummary, SweepError
 from .progress import Progress
 from .storage import sqlite_file
-from .trial import run_seeds, versions
+from .trial import median_metrics, run_seeds, versions
 
 HEARTBEAT_S = 2    # a running trial writes a heartbeat this often ...
 GRACE_S = 6        # ... and counts as interrupted when none came for this long
@@ -153,10 +154,13 @@ def open_study(spec: SweepSpec, url: str) -> optuna.Study:
 
 
 def _enqueue_retries(study: optuna.Study, trials) -> None:
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {t.user_attrs.get("retried") for t in trials}
     for t in trials:
         if is_interrupted(t) and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            # The retry resumes from the interrupted run's checkpoints, so it keeps its curves too.
+            curves = {k: v for k, v in t.user_attrs.items() if k.startswith("curve.")}
+            first = t.user_attrs.get("retry_of", t.number)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": first, "retried": t.number, **curves})
 
 
 def _next_grid_point(spec: SweepSpec, trials) -> dict[str, Any] | None:
@@ -177,7 +181,7 @@ def _next_grid_point(spec: SweepSpec, trials) -> dict[str, Any] | None:
     return points[used.index(min(used))]
 
 
-def _objective(spec: SweepSpec, progress: Progress):
+def _objective(spec: SweepSpec, progress: Progress, run_dir: Path):
     metric = spec.objective.metric
 
     def objective(trial: optuna.Trial) -> float:
@@ -185,16 +189,20 @@ def _objective(spec: SweepSpec, progress: Progress):
         trial.set_user_attr("config", to_dict(spec.config(values)))
         trial.set_user_attr("versions", versions())
         progress.trial_started(trial.number, values)
-        curves: dict[int, list] = {}
+        # A retried trial resumes from the checkpoints of the run it replaces.
+        first = trial.user_attrs.get("retry_of", trial.number)
+        checkpoints = run_dir / spec.name / f"trial-{first}"
+        curves: list[list] = [list(trial.user_attrs.get(f"curve.{i}", [])) for i in range(spec.seeds)]
 
-        def on_epoch(seed_index, epoch, metrics):
-            curves.setdefault(seed_index, []).append({"epoch": epoch, **metrics})
-            trial.set_user_attr(f"curve.{seed_index}", curves[seed_index])
-            progress.epoch(seed_index, epoch, metrics)
-            # Seeds of one config share the trial; only the first reports to the
-            # pruner, so steps stay the epoch number.
-            if seed_index == 0 and metric in metrics:
-                trial.report(metrics[metric], epoch)
+        def on_epoch(epoch, per_seed):
+            for i, metrics in enumerate(per_seed):
+                curves[i] = [c for c in curves[i] if c["epoch"] < epoch] + [{"epoch": epoch, **metrics}]
+                trial.set_user_attr(f"curve.{i}", curves[i])
+            median = median_metrics(per_seed)
+            progress.epoch(epoch, median)
+            # The seeds of a config are one unit: the pruner sees their median.
+            if metric in median:
+                trial.report(median[metric], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -202,7 +210,8 @@ def _objective(spec: SweepSpec, progress: Progress):
             trial.set_user_attr("runs", runs)
 
         try:
-            return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,))
+            return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,),
+                             checkpoint_dir=checkpoints)
         except TrialError as e:
             trial.set_user_attr("error", str(e))
             raise
@@ -223,7 +232,7 @@ class OptunaEngine:
         deadline = time.monotonic() + 60 * spec.budget.minutes if spec.budget.minutes else None
         trials = study.get_trials(deepcopy=False)
         progress = Progress(spec, budget, sum(map(counts_toward_budget, trials)), quiet=options.quiet)
-        objective = _objective(spec, progress)
+        objective = _objective(spec, progress, Path(options.run_dir))
         interrupted = False
         try:
             while True:

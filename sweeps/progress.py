@@ -32,11 +32,12 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"trial {number}")
 
-    def epoch(self, seed_index: int, epoch: int, metrics) -> None:
+    def epoch(self, epoch: int, metrics) -> None:
+        """After an epoch of every seed; metrics are their medians."""
         if self.bar is not None:
-            seed = f" seed {seed_index + 1}/{self.spec.seeds}" if self.spec.seeds > 1 else ""
+            seeds = f" ({self.spec.seeds} seeds)" if self.spec.seeds > 1 else ""
             total = self.spec.config(self.values).train.epochs
-            self.bar.set_postfix_str(f"trial {self.number}{seed} epoch {epoch}/{total} "
+            self.bar.set_postfix_str(f"trial {self.number}{seeds} epoch {epoch}/{total} "
                                      f"{self.metric}={fmt(metrics.get(self.metric))}")
 
     def waiting(self, running: int) -> None:

@@ -1,23 +1,29 @@
 """One sampled config run over its seeds, the same for every engine.
 
-Engines pass hooks: `on_epoch(seed_index, epoch, metrics)` (recording and
-pruning; may raise) and `on_run(runs)` after each seed ends (complete, pruned
-or failed with a reason), with every run so far.
+The seeds of a config advance side by side, an epoch at a time, so that an
+engine's pruner sees their median (a config's seeds are one unit) and every
+epoch ends with a checkpoint per seed from which a killed trial resumes.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from search_spaces import SweepSpec
-from trainable import TrialError, train
+from trainable import TrialError
+from trainable.run import Training, _threads
 
 RUN_KEYS = ("val_error", "best_val_error", "val_loss", "train_loss", "train_error", "test_error",
             "epochs_done", "duration_s", "images_per_s")
+
+EpochHook = Callable[[int, Sequence[Mapping[str, float]]], None]
+"""(epoch, each seed's metrics); may raise the engine's prune exception."""
 
 
 def versions() -> dict[str, str]:
@@ -29,37 +35,62 @@ def versions() -> dict[str, str]:
     return {"recipe_sweep": v("recipe-sweep"), "torch": torch.__version__, "optuna": v("optuna")}
 
 
-def run_seeds(spec: SweepSpec, values: Mapping[str, Any],
-              on_epoch: Callable[[int, int, Mapping[str, float]], None],
-              on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = ()) -> float:
-    """Train `values` once per seed; the objective is the median over seeds.
+def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each metric's median over the seeds (what a pruner compares)."""
+    return {k: statistics.median(m[k] for m in per_seed) for k in per_seed[0]}
 
-    `pruned` names the exceptions by which the engine's on_epoch stops a trial.
+
+def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
+              on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
+              checkpoint_dir: str | Path | None = None) -> float:
+    """Train `values` once per seed, side by side; the objective is the median over seeds.
+
+    `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
+    or failed with a reason). `pruned` names the exceptions by which the
+    engine's on_epoch stops a trial. With `checkpoint_dir`, each seed resumes
+    from its checkpoint there and the folder is removed once the trial ends.
     """
-    runs: list[dict] = []
-    metric = spec.objective.metric
-    for i in range(spec.seeds):
-        config = spec.config(dict(values), i)
-        curve: list[Mapping[str, float]] = []
-
-        def report(epoch, metrics, _i=i, _curve=curve):
-            _curve.append(metrics)
-            on_epoch(_i, epoch, metrics)
-
-        row = {"seed": config.train.seed}
+    configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
+    paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
+    runs: list[Training] = []
+    with _threads(configs[0].train.threads):
         try:
-            result = train(config, report)
+            for i, cfg in enumerate(configs):
+                runs.append(Training(cfg))
+                if paths and paths[i].exists():
+                    runs[i].load(paths[i])
+            while not all(r.done for r in runs):
+                epoch = max(r.epochs_done for r in runs) + 1
+                for r in runs:
+                    if r.epochs_done < epoch and not r.done:
+                        r.epoch()
+                on_epoch(epoch, [r.history[-1] for r in runs])
+                # Recorded before saved: a kill in between repeats the epoch, never loses it.
+                for r, path in zip(runs, paths or ()):
+                    r.save(path)
+            results = [r.finish() for r in runs]
         except BaseException as e:
-            last = dict(curve[-1]) if curve else {}
-            state = "pruned" if isinstance(e, pruned) else "failed"
-            row.update({k: last.get(k) for k in RUN_KEYS if k in last}, state=state, epochs_done=len(curve),
-                       best_val_error=min((c["val_error"] for c in curve), default=None),
-                       error=str(e) if isinstance(e, TrialError) else None)
-            if state == "pruned" or isinstance(e, TrialError):
-                runs.append(row)
-                on_run(runs)
+            if isinstance(e, pruned) or isinstance(e, TrialError):
+                state = "pruned" if isinstance(e, pruned) else "failed"
+                on_run([_partial_row(cfg, runs[i] if i < len(runs) else None, state, e)
+                        for i, cfg in enumerate(configs)])
+                _clean(checkpoint_dir)
             raise
-        row.update({k: result[k] for k in RUN_KEYS}, state="complete", error=None)
-        runs.append(row)
-        on_run(runs)
-    return statistics.median(r[metric] for r in runs)
+    on_run([{"seed": cfg.train.seed, **{k: res[k] for k in RUN_KEYS}, "state": "complete", "error": None}
+            for cfg, res in zip(configs, results)])
+    _clean(checkpoint_dir)
+    return statistics.median(res[spec.objective.metric] for res in results)
+
+
+def _partial_row(cfg, run: Training | None, state: str, error: BaseException) -> dict:
+    history = run.history if run is not None else []
+    last = history[-1] if history else {}
+    return {"seed": cfg.train.seed, **{k: last.get(k) for k in RUN_KEYS if k in last}, "state": state,
+            "epochs_done": len(history),
+            "best_val_error": min((h["val_error"] for h in history), default=None),
+            "error": str(error) if isinstance(error, TrialError) else None}
+
+
+def _clean(checkpoint_dir) -> None:
+    if checkpoint_dir:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -135,6 +135,11 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(wr
     assert len(interrupted) == 1 and "error" not in interrupted[0].user_attrs
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == interrupted[0].number]
     assert len(retry) == 1 and retry[0].params == interrupted[0].params
+    # The retry resumed from the killed run's checkpoint: one unbroken curve, no epoch twice.
+    killed_epochs = [c["epoch"] for c in interrupted[0].user_attrs.get("curve.0", [])]
+    assert [c["epoch"] for c in retry[0].user_attrs["curve.0"]] == list(range(1, 9))
+    assert killed_epochs and retry[0].datetime_start > interrupted[0].datetime_start
+    assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").iterdir())
 
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(write_spec, tmp_path):

@@ -107,3 +107,26 @@ def test_bf16_training_stays_finite():
 def test_invalid_combinations_are_one_clear_error(changes, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train(tiny(**changes))
+
+
+def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
+    cfg = tiny(**{"train.epochs": 3, "augment.mixup.alpha": 1.0, "train.ema_decay": 0.9, "model.drop_path": 0.1})
+    straight = train(cfg)
+
+    class Kill(Exception):
+        pass
+
+    def killed_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Kill
+
+    checkpoint = tmp_path / "trial" / "seed0.pt"
+    with pytest.raises(Kill):
+        train(cfg, killed_after_two, checkpoint)
+    epochs = []
+    resumed = train(cfg, lambda epoch, m: epochs.append(epoch), checkpoint)
+    assert epochs == [3]  # epochs 1 and 2 came from the checkpoint
+    for key in ("train_loss", "val_error", "test_error", "test_error_ema"):
+        assert resumed[key] == straight[key]
+    saved = torch.load(checkpoint, weights_only=True)  # plain tensors and values: no code runs on load
+    assert len(saved["history"]) == 3

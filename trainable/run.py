@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -98,105 +100,181 @@ def accumulate_gradients(model, objective, x, y, parts: int, autocast, scale=lam
     return torch.stack(losses), torch.cat(logits)
 
 
-def train(config: TrialConfig, report: Report | None = None) -> dict[str, float]:
+def train(config: TrialConfig, report: Report | None = None, checkpoint: str | Path | None = None) -> dict[str, float]:
     """Train one trial; report each epoch's metrics; return the final ones.
 
-    Raises Diverged when the loss stops being finite and ConfigError for values
-    the trainable cannot use; whatever `report` raises (pruning) passes through.
+    With `checkpoint` (a file path) the state is saved after every epoch and a
+    run that finds the file resumes from it. Raises Diverged when the loss
+    stops being finite and ConfigError for values the trainable cannot use;
+    whatever `report` raises (pruning) passes through.
     """
+    report = report or (lambda epoch, metrics: None)
     with _threads(config.train.threads):
-        return _train(config, report or (lambda epoch, metrics: None))
+        run = Training(config)
+        if checkpoint is not None and Path(checkpoint).exists():
+            run.load(checkpoint)
+        while not run.done:
+            metrics = run.epoch()
+            if checkpoint is not None:
+                run.save(checkpoint)
+            report(run.epochs_done, metrics)
+        return run.finish()
 
 
-def _train(cfg: TrialConfig, report: Report) -> dict[str, float]:
-    start = time.perf_counter()
-    tc = cfg.train
-    device = resolve_device(tc.device)
-    check(cfg, device)
-    torch.manual_seed(tc.seed)
-    splits = data.load(cfg.data)
-    model = build_model(cfg.model, splits.num_classes, splits.in_channels)
-    if tc.ghost_batch:
-        apply_ghost_bn(model, tc.ghost_batch)
-    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    teacher = load_model(tc.teacher, device) if tc.teacher else None
-    gen = torch.Generator(device).manual_seed(tc.seed)
-    normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
-    out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
-    train_batches = TrainBatches(splits.train_x.to(device), splits.train_y.to(device), tc.batch_size,
-                                 cfg.augment, normalize, gen, out_size)
-    if len(train_batches) == 0:
-        raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
-                          "training images", "lower train.batch_size or raise data.subset")
-    val = (splits.val_x.to(device), splits.val_y.to(device))
-    test = (splits.test_x.to(device), splits.test_y.to(device))
-    opt = optim.build(model, cfg.optim, tc.batch_size)
-    sched = schedules.build(opt, cfg.schedule, len(train_batches), tc.epochs)
-    objective = Objective(cfg.augment, tc, splits.num_classes, gen, teacher)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True) \
-        if tc.ema_decay else None
+class Training:
+    """One trial's state, advanced an epoch at a time.
 
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    Engines step several seeds of a config side by side (so a pruner sees their
+    median) and checkpoint between epochs; `train` is the plain loop over it.
+    """
 
-    def scores(m, split) -> tuple[float, float]:
-        return evaluate(m, eval_batches(*split, tc.eval_batch_size, normalize), autocast, tc.tta_flip)
+    def __init__(self, cfg: TrialConfig):
+        self.cfg, tc = cfg, cfg.train
+        self.device = device = resolve_device(tc.device)
+        check(cfg, device)
+        torch.manual_seed(tc.seed)
+        splits = data.load(cfg.data)
+        self.num_classes, self.in_channels = splits.num_classes, splits.in_channels
+        model = build_model(cfg.model, splits.num_classes, splits.in_channels)
+        if tc.ghost_batch:
+            apply_ghost_bn(model, tc.ghost_batch)
+        fmt = torch.channels_last if tc.channels_last else torch.preserve_format
+        self.model = model = model.to(device, memory_format=fmt)
+        teacher = load_model(tc.teacher, device) if tc.teacher else None
+        self.gen = torch.Generator(device).manual_seed(tc.seed)
+        self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
+        out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
+        self.batches = TrainBatches(splits.train_x.to(device), splits.train_y.to(device), tc.batch_size,
+                                    cfg.augment, self.normalize, self.gen, out_size)
+        if len(self.batches) == 0:
+            raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
+                              "training images", "lower train.batch_size or raise data.subset")
+        self.val = (splits.val_x.to(device), splits.val_y.to(device))
+        self.test = (splits.test_x.to(device), splits.test_y.to(device))
+        self.opt = optim.build(model, cfg.optim, tc.batch_size)
+        self.sched = schedules.build(self.opt, cfg.schedule, len(self.batches), tc.epochs)
+        self.objective = Objective(cfg.augment, tc, splits.num_classes, self.gen, teacher)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True) \
+            if tc.ema_decay else None
+        self.history: list[dict[str, float]] = []
+        self.best, self.since_best, self.seconds = math.inf, 0, 0.0
 
-    # On a GPU a per-step check would sync the host every step; remember the
-    # first bad step on the device and look once per epoch instead.
-    check_each_step = device.type == "cpu"
-    history: list[dict[str, float]] = []
-    since_best, best = 0, math.inf
-    for epoch in range(1, tc.epochs + 1):
-        model.train()
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def done(self) -> bool:
+        early = self.cfg.train.early_stop
+        return self.epochs_done >= self.cfg.train.epochs or bool(early and self.since_best >= early)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def scores(self, model, split) -> tuple[float, float]:
+        tc = self.cfg.train
+        return evaluate(model, eval_batches(*split, tc.eval_batch_size, self.normalize), self.autocast, tc.tta_flip)
+
+    def epoch(self) -> dict[str, float]:
+        """Train one epoch and evaluate on the validation split."""
         t0 = time.perf_counter()
+        tc, device, model, opt = self.cfg.train, self.device, self.model, self.opt
+        epoch = self.epochs_done + 1
+        model.train()
         loss_sum = torch.zeros((), device=device)
         err_sum = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        # On a GPU a per-step check would sync the host every step; remember the
+        # first bad step on the device and look once per epoch instead.
+        check_each_step = device.type == "cpu"
         seen = 0
-        for step, (x, y) in enumerate(train_batches, start=1):
+        for step, (x, y) in enumerate(self.batches, start=1):
             opt.zero_grad(set_to_none=True)
-            losses, out = accumulate_gradients(model, objective, x, y, tc.accumulate, autocast, scaler.scale)
+            losses, out = accumulate_gradients(model, self.objective, x, y, tc.accumulate, self.autocast,
+                                               self.scaler.scale)
             loss = losses.mean()
             if check_each_step:
                 if not torch.isfinite(loss):
                     raise Diverged(epoch, step)
             else:
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-            scaler.unscale_(opt)
-            optim.clip_gradients(model, cfg.optim)
+            self.scaler.unscale_(opt)
+            optim.clip_gradients(model, self.cfg.optim)
             lr = opt.param_groups[0]["lr"]
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            self.scaler.step(opt)
+            self.scaler.update()
+            self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(model)
             loss_sum += loss * len(y)
             err_sum += (out.argmax(1) != y).sum()
             seen += len(y)
         if not check_each_step and (bad := int(first_bad)) >= 0:
             raise Diverged(epoch, bad)
         train_time = time.perf_counter() - t0
-        val_loss, val_error = scores(model, val)
+        val_loss, val_error = self.scores(model, self.val)
         metrics = {"train_loss": float(loss_sum) / seen, "train_error": float(err_sum) / seen,
                    "val_loss": val_loss, "val_error": val_error, "lr": lr, "images_per_s": seen / train_time}
-        if ema is not None:
-            metrics["val_loss_ema"], metrics["val_error_ema"] = scores(ema.module, val)
+        if self.ema is not None:
+            metrics["val_loss_ema"], metrics["val_error_ema"] = self.scores(self.ema.module, self.val)
         metrics["epoch_time_s"] = time.perf_counter() - t0
-        history.append(metrics)
-        report(epoch, metrics)
-        since_best = 0 if val_error < best else since_best + 1
-        best = min(best, val_error)
-        if tc.early_stop and since_best >= tc.early_stop:
-            break
-    result = {**history[-1], "best_val_error": min(h["val_error"] for h in history)}
-    result["test_loss"], result["test_error"] = scores(model, test)
-    if ema is not None:
-        result["test_loss_ema"], result["test_error_ema"] = scores(ema.module, test)
-    if tc.save_model:
-        save_model(tc.save_model, model, cfg.model, splits.num_classes, splits.in_channels)
-    return {**result, "epochs_done": len(history),
-            "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-            "duration_s": time.perf_counter() - start}
+        self.history.append(metrics)
+        self.since_best = 0 if val_error < self.best else self.since_best + 1
+        self.best = min(self.best, val_error)
+        self.seconds += metrics["epoch_time_s"]
+        return metrics
+
+    def finish(self) -> dict[str, float]:
+        """Test the final model (and its EMA); save it when asked; the trial's result."""
+        t0 = time.perf_counter()
+        result = {**self.history[-1], "best_val_error": min(h["val_error"] for h in self.history)}
+        result["test_loss"], result["test_error"] = self.scores(self.model, self.test)
+        if self.ema is not None:
+            result["test_loss_ema"], result["test_error_ema"] = self.scores(self.ema.module, self.test)
+        if self.cfg.train.save_model:
+            save_model(self.cfg.train.save_model, self.model, self.cfg.model, self.num_classes, self.in_channels)
+        return {**result, "epochs_done": self.epochs_done,
+                "images_per_s": sum(h["images_per_s"] for h in self.history) / len(self.history),
+                "duration_s": self.seconds + time.perf_counter() - t0}
+
+    # ---- checkpoints: everything that decides the next epoch ----------------
+
+    def state_dict(self) -> dict:
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                 "scaler": self.scaler.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "objective_rng": self.objective.rng.bit_generator.state if self.objective.rng else None,
+                 "history": self.history, "best": self.best, "since_best": self.since_best, "seconds": self.seconds}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.objective.rng is not None and state["objective_rng"] is not None:
+            self.objective.rng.bit_generator.state = state["objective_rng"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history, self.best = list(state["history"]), state["best"]
+        self.since_best, self.seconds = state["since_best"], state["seconds"]
+
+    def save(self, path: str | Path) -> None:
+        """Write the checkpoint atomically: a kill mid-write leaves the previous one intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
