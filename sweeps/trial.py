@@ -42,13 +42,15 @@ def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
               on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
-              checkpoint_dir: str | Path | None = None) -> float:
+              checkpoint_dir: str | Path | None = None, save_first: bool = False) -> float:
     """Train `values` once per seed, side by side; the objective is the median over seeds.
 
     `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
     or failed with a reason). `pruned` names the exceptions by which the
     engine's on_epoch stops a trial. With `checkpoint_dir`, each seed resumes
-    from its checkpoint there and the folder is removed once the trial ends.
+    from its checkpoint there and the folder is removed once the trial ends;
+    `save_first` writes the epoch's checkpoints before on_epoch (Ray attaches
+    them to its report), else after it (the Optuna engine records first).
     """
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
     paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
@@ -64,10 +66,11 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
                 for r in runs:
                     if r.epochs_done < epoch and not r.done:
                         r.epoch()
+                if save_first:
+                    _save(runs, paths)
                 on_epoch(epoch, [r.history[-1] for r in runs])
-                # Recorded before saved: a kill in between repeats the epoch, never loses it.
-                for r, path in zip(runs, paths or ()):
-                    r.save(path)
+                if not save_first:  # recorded before saved: a kill in between repeats the epoch, never loses it
+                    _save(runs, paths)
             results = [r.finish() for r in runs]
         except BaseException as e:
             if isinstance(e, pruned) or isinstance(e, TrialError):
@@ -89,6 +92,11 @@ def _partial_row(cfg, run: Training | None, state: str, error: BaseException) ->
             "epochs_done": len(history),
             "best_val_error": min((h["val_error"] for h in history), default=None),
             "error": str(error) if isinstance(error, TrialError) else None}
+
+
+def _save(runs: list[Training], paths) -> None:
+    for r, path in zip(runs, paths or ()):
+        r.save(path)
 
 
 def _clean(checkpoint_dir) -> None:
