@@ -17,7 +17,7 @@ import torch
 
 from search_spaces import SweepSpec
 from trainable import TrialError
-from trainable.run import Training, _threads
+from trainable.run import Training, _threads, out_of_memory_fails_the_trial
 
 RUN_KEYS = ("val_error", "best_val_error", "val_loss", "train_loss", "train_error", "test_error",
             "epochs_done", "duration_s", "images_per_s")
@@ -57,21 +57,8 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     runs: list[Training] = []
     with _threads(configs[0].train.threads):
         try:
-            for i, cfg in enumerate(configs):
-                runs.append(Training(cfg))
-                if paths and paths[i].exists():
-                    runs[i].load(paths[i])
-            while not all(r.done for r in runs):
-                epoch = max(r.epochs_done for r in runs) + 1
-                for r in runs:
-                    if r.epochs_done < epoch and not r.done:
-                        r.epoch()
-                if save_first:
-                    _save(runs, paths)
-                on_epoch(epoch, [r.history[-1] for r in runs])
-                if not save_first:  # recorded before saved: a kill in between repeats the epoch, never loses it
-                    _save(runs, paths)
-            results = [r.finish() for r in runs]
+            with out_of_memory_fails_the_trial():
+                results = _advance(configs, runs, paths, on_epoch, save_first)
         except BaseException as e:
             if isinstance(e, pruned) or isinstance(e, TrialError):
                 state = "pruned" if isinstance(e, pruned) else "failed"
@@ -83,6 +70,25 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
             for cfg, res in zip(configs, results)])
     _clean(checkpoint_dir)
     return statistics.median(res[spec.objective.metric] for res in results)
+
+
+def _advance(configs, runs: list[Training], paths, on_epoch: EpochHook, save_first: bool) -> list[dict]:
+    """Build (or resume) every seed's run, then step them an epoch at a time to the end."""
+    for i, cfg in enumerate(configs):
+        runs.append(Training(cfg))
+        if paths and paths[i].exists():
+            runs[i].load(paths[i])
+    while not all(r.done for r in runs):
+        epoch = max(r.epochs_done for r in runs) + 1
+        for r in runs:
+            if r.epochs_done < epoch and not r.done:
+                r.epoch()
+        if save_first:
+            _save(runs, paths)
+        on_epoch(epoch, [r.history[-1] for r in runs])
+        if not save_first:  # recorded before saved: a kill in between repeats the epoch, never loses it
+            _save(runs, paths)
+    return [r.finish() for r in runs]
 
 
 def _partial_row(cfg, run: Training | None, state: str, error: BaseException) -> dict:

@@ -180,3 +180,13 @@ def test_cli_status_and_table(write_spec, tmp_path):
     assert len(lines) == 3 and all(line.split(",")[1] == "2" for line in lines[1:])
     missing = subprocess.run(cli + ["status", "nope", "--dir", runs], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no sweep 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_out_of_memory_trial_is_recorded_and_the_sweep_goes_on(write_spec, tmp_path):
+    spec = tiny_spec(sampler={"name": "grid"}, space={"model.base_channels": {"grid": [200000, 4]}})
+    del spec["budget"]
+    spec_obj, url, summary = run(write_spec(spec), tmp_path)
+    assert summary.finished == 2
+    frame = analysis.load(spec_obj, url).set_index("model.base_channels")
+    assert frame.loc[200000, "state"] == "failed" and frame.loc[200000, "error"].startswith("out of memory")
+    assert frame.loc[4, "state"] == "complete"

@@ -130,3 +130,9 @@ def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_res
         assert resumed[key] == straight[key]
     saved = torch.load(checkpoint, weights_only=True)  # plain tensors and values: no code runs on load
     assert len(saved["history"]) == 3
+
+
+def test_a_model_too_big_for_memory_fails_the_trial_with_out_of_memory():
+    from trainable.errors import OutOfMemory
+    with pytest.raises(OutOfMemory, match="out of memory"):
+        train(tiny(**{"model.base_channels": 200000}))  # a 1.4 TB conv weight: refused at allocation

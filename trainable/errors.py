@@ -23,3 +23,28 @@ class Diverged(TrialError):
 
 class DatasetMissing(TrialError):
     """The dataset is not on disk and downloading is not allowed."""
+
+
+class OutOfMemory(TrialError):
+    """The trial's model or batch does not fit in the device's memory."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def out_of_memory(error: BaseException) -> OutOfMemory:
+    """The trial error for an allocator failure, after freeing what the device cache holds."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return OutOfMemory(f"out of memory: {str(error).splitlines()[0][:200]}")

@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import data, optim, schedules
 from .augment import Normalize, TrainBatches, eval_batches
 from .config import TrialConfig
-from .errors import ConfigError, Diverged
+from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
 from .ghost_bn import apply_ghost_bn
 from .model_io import load_model, save_model
 from .models import build_model
@@ -54,6 +54,17 @@ def check(cfg: TrialConfig, device: torch.device) -> None:
         raise ConfigError("train.ema_decay", f"must be in (0, 1), got {tc.ema_decay}", "use e.g. 0.999")
     if tc.early_stop is not None and tc.early_stop < 1:
         raise ConfigError("train.early_stop", f"must be at least 1 epoch, got {tc.early_stop}", "use e.g. 10")
+
+
+@contextlib.contextmanager
+def out_of_memory_fails_the_trial() -> Iterator[None]:
+    """An allocator failure ends the trial with "out of memory", not the sweep."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or is_out_of_memory(e):
+            raise out_of_memory(e) from e
+        raise
 
 
 @contextlib.contextmanager
@@ -109,7 +120,7 @@ def train(config: TrialConfig, report: Report | None = None, checkpoint: str | P
     whatever `report` raises (pruning) passes through.
     """
     report = report or (lambda epoch, metrics: None)
-    with _threads(config.train.threads):
+    with _threads(config.train.threads), out_of_memory_fails_the_trial():
         run = Training(config)
         if checkpoint is not None and Path(checkpoint).exists():
             run.load(checkpoint)
