@@ -17,7 +17,7 @@ import torch
 
 from search_spaces import SweepSpec
 from trainable import TrialError
-from trainable.run import Training, _threads, out_of_memory_fails_the_trial
+from trainable.run import Training, cpu_threads, out_of_memory_fails_the_trial
 
 RUN_KEYS = ("val_error", "best_val_error", "val_loss", "train_loss", "train_error", "test_error",
             "epochs_done", "duration_s", "images_per_s")
@@ -55,7 +55,7 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
     paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
     runs: list[Training] = []
-    with _threads(configs[0].train.threads):
+    with cpu_threads(configs[0].train.threads):
         try:
             with out_of_memory_fails_the_trial():
                 results = _advance(configs, runs, paths, on_epoch, save_first)

@@ -68,7 +68,7 @@ def out_of_memory_fails_the_trial() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
+def cpu_threads(n: int) -> Iterator[None]:
     """Set torch's CPU threads for one trial and put them back after."""
     before = torch.get_num_threads()
     if n:
@@ -120,7 +120,7 @@ def train(config: TrialConfig, report: Report | None = None, checkpoint: str | P
     whatever `report` raises (pruning) passes through.
     """
     report = report or (lambda epoch, metrics: None)
-    with _threads(config.train.threads), out_of_memory_fails_the_trial():
+    with cpu_threads(config.train.threads), out_of_memory_fails_the_trial():
         run = Training(config)
         if checkpoint is not None and Path(checkpoint).exists():
             run.load(checkpoint)
