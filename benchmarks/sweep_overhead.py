@@ -65,11 +65,12 @@ def growth(n: int, folder: Path) -> dict[str, float]:
         user_attrs={"runs": runs, "curve.0": [{"epoch": 1, "val_error": 0.1}]},
         intermediate_values={1: 0.1}) for i in range(n)])
     out = {}
-    t0 = time.perf_counter()
-    trial = study.ask()
-    sample(spec, trial)
-    study.tell(trial, 0.1)
-    out["sample_s"] = time.perf_counter() - t0
+    for key in ("first_sample_s", "sample_s"):  # the first loads the study into Optuna's cache
+        t0 = time.perf_counter()
+        trial = study.ask()
+        sample(spec, trial)
+        study.tell(trial, 0.1)
+        out[key] = time.perf_counter() - t0
     t0 = time.perf_counter()
     analysis.status(spec.name, url)
     out["status_s"] = time.perf_counter() - t0
@@ -104,10 +105,12 @@ def main() -> None:
     print("| engine | s per trial | overhead vs bare |\n| --- | ---: | ---: |")
     for name, s in rows.items():
         print(f"| {name} | {s:.2f} | {100 * (s - ref) / ref:+.1f}% |")
-    print("\n| finished trials | sample one | sweep status | analysis.load |\n| ---: | ---: | ---: | ---: |")
+    print("\n| finished trials | first sample (cold) | next sample | sweep status | analysis.load |\n"
+          "| ---: | ---: | ---: | ---: | ---: |")
     for n in (int(v) for v in args.growth.split(",") if v):
         g = growth(n, folder)
-        print(f"| {n:,} | {1e3 * g['sample_s']:.0f} ms | {1e3 * g['status_s']:.0f} ms | {1e3 * g['load_s']:.0f} ms |")
+        print(f"| {n:,} | {1e3 * g['first_sample_s']:.0f} ms | {1e3 * g['sample_s']:.0f} ms | "
+              f"{1e3 * g['status_s']:.0f} ms | {1e3 * g['load_s']:.0f} ms |")
 
 
 if __name__ == "__main__":
