@@ -1,7 +1,11 @@
 """Engines behind one interface (`ENGINES`); Optuna today."""
+import importlib
+
 from . import optuna_engine  # noqa: F401  (registers the engine)
 from .base import ENGINES, Engine, RunOptions, RunSummary, SweepError
 from .storage import default_url, resolve
+
+ENGINES.register("ray")(lambda: importlib.import_module("sweeps.ray_engine").RayEngine())  # lazy: no ray import
 
 __all__ = ["ENGINES", "Engine", "RunOptions", "RunSummary", "SweepError", "default_url", "resolve", "run"]
 

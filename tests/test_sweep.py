@@ -97,6 +97,13 @@ def _counts(db):
         return dict(con.execute("select state, count(*) from trials group by state").fetchall())
 
 
+def _running_has_an_epoch(db) -> bool:
+    """The running trial has recorded at least one epoch (and so has a checkpoint to resume)."""
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from trials t join trial_user_attributes a using (trial_id) "
+                           "where t.state = 'RUNNING' and a.key = 'curve.0'").fetchone()[0] > 0
+
+
 def _wait_for(predicate, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
@@ -117,8 +124,8 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(wr
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert _wait_for(lambda: db.exists() and _counts(db).get("COMPLETE", 0) >= 1
-                         and _counts(db).get("RUNNING", 0) == 1), "the sweep never got to its second trial"
-        time.sleep(0.3)
+                         and _counts(db).get("RUNNING", 0) == 1 and _running_has_an_epoch(db)), \
+            "the sweep never got to its second trial"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -1,0 +1,559 @@
+"""The Ray Tune engine: trials as Ray actors, results in the sweep's Optuna study.
+
+Ray schedules the trials (`max_concurrent_trials` = --workers, resources per
+trial from the spec, a cluster with --address) and stops poor ones early with
+its schedulers (rungs in epochs); Ray's `OptunaSearch` samples them with the
+same define-by-run `sample(spec, trial)` as the Optuna engine, so every
+distribution, condition and alternative maps the same way. Each trial is
+`sweeps.trial.run_seeds`, the training the Optuna engine runs, reporting every
+epoch with a checkpoint of its seeds.
+
+Every finished Ray trial is written once (keyed by its Ray trial id, user attr
+"ray_trial_id") into the sweep's Optuna study with the attrs the Optuna engine
+writes ("config", "versions", "runs", "curve.{i}", "error"), so `sweep
+status/table`, `analysis.load/curves` and the Optuna dashboard read a Ray sweep
+like any other. Only finished trials are written: a running Ray trial does not
+show in the study.
+
+Resume: Ray's experiment folder is `<--dir>/ray/<name>`, and
+`<--dir>/ray/<name>.sweep.json` records which sweep it belongs to (its
+fingerprint) and its trial budget. Running the same command again restores
+it (`Tuner.restore(..., resume_unfinished=True)`): finished trials are kept,
+unfinished ones resume from their last epoch's checkpoint (a killed driver
+loses at most the epoch in flight), and trials already written are not
+written again. A sweep whose budget grew after its experiment ran out gets a
+further experiment (`<name>-2`, ...) for the missing trials; grid points
+continue their cycle from the trials already in the study. A restored
+experiment keeps the sampler, pruner and resources it started with.
+
+Measured per-trial cost (2-core CPU, ray 2.60, torch 2.14, optuna 5; tiny
+trial: Fashion-MNIST subset 256, resnet_preact depth 8, 4 channels, 1 epoch;
+workers 1, Ray already initialised; the slope between runs of 2 and 12
+trials, so `ray.init` and the Tuner's start, ~4-5 s a run, are left out):
+    bare run_seeds call                        0.13 s per trial
+    Ray, reuse_actors=True  (the CPU default)  0.20-0.22 s per trial (+0.06-0.09 s)
+    Ray, reuse_actors=False                    5.8-6.4 s per trial (+5.6-6.2 s)
+A fresh actor re-imports torch, Ray Tune and this package and reloads the data
+set for every trial. Hence reuse_actors is on for CPU trials; GPU trials get a
+fresh actor each, so no CUDA memory cache is carried from trial to trial.
+
+Not done: PBT (the spec's pruner has no "pbt" choice yet). HyperBand pauses
+trials until its bracket fills, so a budget smaller than a bracket prunes
+nothing. Ray's `time_budget_s` is not used: budget.minutes stops new trials
+(as in the Optuna engine) and lets running ones finish. With a Ray Client
+address (ray://...) Tune runs its loop on the cluster: trials are written
+when the sweep ends, and an early-stopped trial's curve holds only the epochs
+of its last report; `--address auto` on a cluster node writes them live.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+import ray
+from ray import tune
+from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
+                                 TrialScheduler)
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import SweepSpec
+from trainable import TrialError, to_dict
+from trainable.config import with_key
+
+from .base import RunOptions, RunSummary, SweepError
+from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample
+from .progress import Progress
+from .trial import RUN_KEYS, median_metrics, run_seeds, versions
+
+REUSE_ACTORS: bool | None = None   # None: reuse on CPU-only trials (tests and measurements override it)
+PATH_KEYS = ("data.root", "train.teacher", "train.save_model")  # resolved against the driver's folder
+EPOCH_METRICS = ("val_error", "val_loss", "train_loss", "train_error")  # what run_seeds reports per epoch
+GRID_CYCLES_UNBUDGETED = 100       # grid cycles queued when only budget.minutes bounds the sweep
+
+# Keys of our reports (Ray fills in its own: training_iteration, time_total_s, trial_id, ...).
+FINAL, ERROR, RUNS, CURVES, SEEDS, VERSIONS, WORKER = (
+    "sweep_final", "sweep_error", "sweep_runs", "sweep_curves", "sweep_seeds", "sweep_versions", "sweep_worker")
+
+
+# ---- inside the trial (a Ray actor, in its own working directory) --------
+
+def _absolute(spec: SweepSpec, cwd: str) -> SweepSpec:
+    """The spec with relative paths of the base and variants made absolute against the driver's folder."""
+    def fix(value):
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            return os.path.join(cwd, value)
+        return value
+
+    base = spec.base
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(base, section), name)
+        if fix(value) != value:
+            base = with_key(base, key, fix(value))
+    variants = {v: {k: fix(x) if k in PATH_KEYS else x for k, x in keys.items()}
+                for v, keys in spec.variants.items()}
+    return dataclasses.replace(spec, base=base, variants=variants)
+
+
+def _values(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The spec's values (by key) of a trial's Optuna-named params."""
+    return sample(spec, optuna.trial.FixedTrial(dict(params)))
+
+
+def _worst(spec: SweepSpec) -> float:
+    """A finite stand-in for a failed trial's metric (inf trips Ray's TensorBoard logger)."""
+    return sys.float_info.max if spec.objective.mode == "min" else -sys.float_info.max
+
+
+def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
+    """Ray's function trainable: run_seeds with one report (and checkpoint) per epoch.
+
+    The last report (FINAL) carries the objective, the runs and the curves; a
+    trial the scheduler stops never gets there (Ray ends it inside a report).
+    """
+    for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" every epoch
+        logging.getLogger(name).setLevel(logging.WARNING)
+    metric = spec.objective.metric
+    values = _values(spec, config)
+    for key in PATH_KEYS:  # a sampled path, made absolute like the base's
+        if isinstance(values.get(key), str) and not os.path.isabs(os.path.expanduser(values[key])):
+            values[key] = os.path.join(cwd, values[key])
+    local = Path(tempfile.mkdtemp(prefix="sweep-ray-"))
+    curves: list[list[dict]] = [[] for _ in range(spec.seeds)]
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # resumed (killed driver, paused trial): continue from the last epoch
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(folder, local, dirs_exist_ok=True)
+        if (local / "curves.json").exists():
+            curves = json.loads((local / "curves.json").read_text())
+    first = {VERSIONS: json.dumps(versions()), CURVES: json.dumps(curves),  # sent once per (re)start
+             WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    runs: list[dict] = []
+
+    def on_epoch(epoch: int, per_seed) -> None:
+        for i, metrics in enumerate(per_seed):
+            curves[i] = [c for c in curves[i] if c["epoch"] < epoch] + [{"epoch": epoch, **metrics}]
+        (local / "curves.json").write_text(json.dumps(curves))
+        median = median_metrics(per_seed)
+        report = {**median, "epoch": epoch, SEEDS: json.dumps([dict(m) for m in per_seed]), **first}
+        first.clear()
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(local)))
+
+    def on_run(rows: list[dict]) -> None:
+        runs[:] = rows
+
+    final: dict[str, Any] = {FINAL: 1}
+    try:
+        final[metric] = run_seeds(spec, values, on_epoch, on_run, pruned=(SystemExit,), checkpoint_dir=local,
+                                  save_first=True)
+    except TrialError as e:
+        final[ERROR] = str(e)
+    except Exception as e:  # a bug: recorded like the Optuna engine records it, and the sweep goes on
+        final[ERROR] = f"{type(e).__name__}: {e}"
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    last = max((c["epoch"] for c in curves[0]), default=0) if curves else 0
+    if ERROR in final:  # the scheduler sees the last epoch's value again, or a stand-in at epoch 0
+        final[metric] = median_metrics([c[-1] for c in curves]).get(metric, _worst(spec)) \
+            if curves and all(curves) else _worst(spec)
+    tune.report({**first, **final, "epoch": last, RUNS: json.dumps(runs), CURVES: json.dumps(curves)})
+
+
+def _dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ---- the search: Ray's OptunaSearch over the spec's define-by-run space --
+
+class _Space:
+    """The define-by-run function (a class, so the searcher's state pickles)."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, trial) -> None:
+        sample(self.spec, trial)  # the params are captured by their Optuna names
+
+
+_DEADLINE: float | None = None  # wall clock after which no new trial starts (budget.minutes)
+
+
+class SweepSearch(OptunaSearch):
+    """OptunaSearch that skips reports without the metric, tells failures as FAIL and
+    early-stopped trials as PRUNED, and stops suggesting after the time budget."""
+
+    def suggest(self, trial_id: str):
+        if _DEADLINE is not None and time.time() > _DEADLINE and trial_id not in self._ot_trials:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if FINAL not in result and isinstance(value, (int, float)) and math.isfinite(value):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials:
+            return
+        if result and ERROR in result:
+            result, error = None, True
+        elif result and FINAL not in result:  # stopped by the scheduler: PRUNED at its last report
+            result = None
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _search(spec: SweepSpec, trials, samples: int) -> SweepSearch:
+    sampler = SAMPLERS.get(spec.sampler.name)(spec.sampler.seed + len(trials))  # a later experiment draws anew
+    points = None
+    if spec.sampler.name == "grid" and spec.grid_params:
+        points = _grid_queue(spec, trials, samples if samples >= 0 else GRID_CYCLES_UNBUDGETED * len(
+            spec.grid_points()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SweepSearch(space=_Space(spec), metric=spec.objective.metric, mode=spec.objective.mode,
+                           sampler=sampler, points_to_evaluate=points)
+
+
+def _grid_queue(spec: SweepSpec, trials, n: int) -> list[dict[str, Any]]:
+    """The next n grid points, least run first: every point once per cycle of the budget,
+    continuing the cycle of the trials already in the study."""
+    points = spec.grid_points()  # grid params are never conditional: their names are their keys
+    keys = [p.key for p in spec.grid_params]
+    index = {tuple(repr(pt[k]) for k in keys): i for i, pt in enumerate(points)}
+    used = [0] * len(points)
+    for t in trials:
+        if counts_toward_budget(t):
+            i = index.get(tuple(repr(t.params.get(k)) for k in keys))
+            if i is not None:
+                used[i] += 1
+    queue = []
+    for _ in range(n):
+        i = used.index(min(used))
+        used[i] += 1
+        queue.append(points[i])
+    return queue
+
+
+def _scheduler(spec: SweepSpec) -> TrialScheduler:
+    metric, mode, p = spec.objective.metric, spec.objective.mode, spec.pruner
+    if p.name == "none" or metric not in EPOCH_METRICS:  # like the Optuna engine: no per-epoch metric, no pruning
+        return FIFOScheduler()
+    grace, max_t = max(p.warmup_epochs, 1), spec.base.train.epochs
+    if p.name == "median":
+        return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode, grace_period=grace,
+                                  min_samples_required=max(p.startup_trials, 1))
+    if p.name == "asha":
+        # stop_last_trials=False: a trial that reaches max_t ends by itself, with its final result.
+        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t, grace_period=grace,
+                             stop_last_trials=False)
+    if p.name == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
+                                  stop_last_trials=False)
+    raise SweepError(f"pruner.name: {p.name!r} has no Ray scheduler; fix: use none, median, asha or hyperband")
+
+
+# ---- the driver: Ray's results into the Optuna study ---------------------
+
+class _Recorder:
+    """Writes each finished Ray trial once into the study and prints its line."""
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study, progress: Progress, experiment: str):
+        self.spec, self.study, self.progress, self.experiment = spec, study, progress, experiment
+        trials = study.get_trials(deepcopy=False)
+        self.written = {t.user_attrs["ray_trial_id"] for t in trials if "ray_trial_id" in t.user_attrs}
+        self.curves: dict[str, list[list[dict]]] = {}
+        self.versions: dict[str, dict] = {}
+        self.workers: dict[str, str] = {}
+        self.events = 0  # results seen here: none when Tune's loop runs on the cluster (a ray:// address)
+
+    def result(self, trial_id: str, result: dict) -> None:
+        self.events += 1
+        curves = self.curves.setdefault(trial_id, [[] for _ in range(self.spec.seeds)])
+        if CURVES in result:
+            curves[:] = json.loads(result[CURVES])
+        if SEEDS in result:
+            epoch = result["epoch"]
+            for i, metrics in enumerate(json.loads(result[SEEDS])):
+                curves[i] = [c for c in curves[i] if c["epoch"] < epoch] + [{"epoch": epoch, **metrics}]
+        if VERSIONS in result:
+            self.versions[trial_id] = json.loads(result[VERSIONS])
+        if WORKER in result:
+            self.workers[trial_id] = result[WORKER]
+
+    def finished(self, trial_id: str, params: dict, last: dict, ray_error: str | None = None) -> None:
+        """A trial that ended: complete, failed, or stopped early by the scheduler."""
+        if trial_id is None or trial_id in self.written:
+            return
+        if not last and ray_error is None:  # never ran (stopped while pending): nothing to record
+            return
+        spec, metric = self.spec, self.spec.objective.metric
+        self.result(trial_id, last)
+        curves = self.curves.pop(trial_id, [[] for _ in range(spec.seeds)])
+        values, distributions, fixed = _rebuild(spec, params)
+        attrs: dict[str, Any] = {"config": to_dict(spec.config(values)),
+                                 "versions": self.versions.pop(trial_id, None) or versions(), **fixed}
+        if trial_id in self.workers:
+            attrs["worker"] = self.workers.pop(trial_id)
+        for i, curve in enumerate(curves):
+            if curve:
+                attrs[f"curve.{i}"] = curve
+        value = None
+        if ray_error is not None:
+            state, attrs["error"] = TrialState.FAIL, ray_error
+        elif ERROR in last:
+            state, attrs["error"] = TrialState.FAIL, last[ERROR]
+            attrs["runs"] = json.loads(last.get(RUNS) or "[]")
+        elif FINAL in last:
+            state, value = TrialState.COMPLETE, float(last[metric])
+            attrs["runs"] = json.loads(last.get(RUNS) or "[]")
+        else:
+            state = TrialState.PRUNED
+            attrs["runs"] = [_pruned_row(spec.base.train.seed + i, curve) for i, curve in enumerate(curves)]
+        intermediate = _intermediate(curves, metric)
+        if state == TrialState.PRUNED and intermediate:  # as Optuna records a pruned trial
+            last_value = intermediate[max(intermediate)]
+            value = last_value if math.isfinite(last_value) else None
+        attrs["ray_trial_id"], attrs["ray_experiment"] = trial_id, self.experiment
+        now = datetime.now()
+        seconds = float(last.get("time_total_s") or 0.0)
+        frozen = optuna.trial.create_trial(state=state, value=value, params=dict(params), distributions=distributions,
+                                           user_attrs=attrs, intermediate_values=intermediate)
+        frozen.datetime_start, frozen.datetime_complete = now - timedelta(seconds=seconds), now
+        self.study.add_trial(frozen)
+        self.written.add(trial_id)
+        added = next(t for t in reversed(self.study.get_trials(deepcopy=False))
+                     if t.user_attrs.get("ray_trial_id") == trial_id)
+        self.progress.trial_done(self.study, added)
+
+
+def _rebuild(spec: SweepSpec, params: dict[str, Any]):
+    """Values, Optuna distributions and fixed.* attrs of a trial's params: `sample` once
+    more on an in-memory trial with the params enqueued, so they match the search exactly."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(dict(params))
+    trial = study.ask()
+    values = sample(spec, trial)
+    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
+    return values, dict(trial.distributions), fixed
+
+
+def _intermediate(curves: list[list[dict]], metric: str) -> dict[int, float]:
+    """The median over seeds of the metric per epoch (what the Optuna engine reports)."""
+    by_epoch: dict[int, list[float]] = {}
+    for curve in curves:
+        for point in curve:
+            if metric in point:
+                by_epoch.setdefault(point["epoch"], []).append(point[metric])
+    return {e: statistics.median(v) for e, v in sorted(by_epoch.items()) if len(v) == len(curves)}
+
+
+def _pruned_row(seed: int, curve: list[dict]) -> dict:
+    """A seed's run row for a trial stopped early, as run_seeds writes it."""
+    last = curve[-1] if curve else {}
+    return {"seed": seed, **{k: last.get(k) for k in RUN_KEYS if k in last}, "state": "pruned",
+            "epochs_done": len(curve), "best_val_error": min((c["val_error"] for c in curve), default=None),
+            "error": None}
+
+
+_ACTIVE: _Recorder | None = None  # the running sweep's recorder (callbacks are pickled with the experiment)
+
+
+class _Callback(tune.Callback):
+    """Forwards Tune's trial events to the active recorder (holds no state, so it pickles)."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.finished(trial.trial_id, trial.config, dict(trial.last_result or {}))
+            _drop_checkpoints(trial.path)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.finished(trial.trial_id, trial.config, dict(trial.last_result or {}), _ray_error(trial))
+            _drop_checkpoints(trial.path)
+
+
+def _drop_checkpoints(path: str | None) -> None:
+    """A finished trial's checkpoints (all seeds' weights) are no longer needed: the
+    study holds its results. As the Optuna engine does; local storage only."""
+    if path and os.path.isdir(path):
+        for folder in Path(path).glob("checkpoint_*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ray_error(trial) -> str:
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # storage gone: the reason is lost, the failure is not
+        text = ""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return "ray: " + (lines[-1].strip()[:300] if lines else "the trial's actor failed")
+
+
+# ---- the engine -----------------------------------------------------------
+
+@contextlib.contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _summary(spec: SweepSpec, study: optuna.Study, interrupted: bool) -> RunSummary:
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = (min if spec.objective.mode == "min" else max)(done, key=lambda t: t.value) if done else None
+    return RunSummary(finished=sum(map(counts_toward_budget, trials)), budget=spec.trials, interrupted=interrupted,
+                      best_value=best.value if best else None, best_number=best.number if best else None)
+
+
+class RayEngine:
+    def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
+        global _ACTIVE, _DEADLINE
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = open_study(spec, options.storage)
+        study.set_user_attr("engine", "ray")
+        budget = spec.trials
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(map(counts_toward_budget, trials))
+        storage = Path(options.run_dir).expanduser().resolve() / "ray"
+        ledger = _Ledger(storage / f"{spec.name}.sweep.json", fingerprint(spec), spec.name)
+        if budget is not None and finished >= budget:
+            return _summary(spec, study, interrupted=False)
+        name, restore = ledger.experiment(trials)
+        samples = -1 if budget is None else budget - finished
+
+        started = False
+        if not ray.is_initialized():
+            if options.address:
+                ray.init(address=options.address, logging_level=logging.ERROR, log_to_driver=not options.quiet)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+                         log_to_driver=not options.quiet)
+            started = True
+        progress = Progress(spec, budget, finished, quiet=options.quiet)
+        _ACTIVE = _Recorder(spec, study, progress, name)
+        _DEADLINE = time.time() + 60 * spec.budget.minutes if spec.budget.minutes else None
+        interrupted = False
+        try:
+            trainable = tune.with_resources(
+                tune.with_parameters(train_trial, spec=_absolute(spec, os.getcwd()), cwd=os.getcwd()),
+                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+            reuse = REUSE_ACTORS if REUSE_ACTORS is not None else spec.resources.gpu == 0
+            with _env(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_STRICT_METRIC_CHECKING="1",
+                      TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0"), _quiet_logs():
+                if restore:
+                    tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
+                                               resume_errored=False, restart_errored=False)
+                else:
+                    ledger.started(name, samples)
+                    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+                        search_alg=_search(spec, trials, samples), scheduler=_scheduler(spec), num_samples=samples,
+                        max_concurrent_trials=max(options.workers, 1), reuse_actors=reuse,
+                        trial_dirname_creator=_dirname),
+                        run_config=tune.RunConfig(
+                            name=name, storage_path=str(storage), verbose=0, callbacks=[_Callback()],
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                results = tuner.fit()
+            # What the callbacks did not write: a trial that finished just before a driver was
+            # killed, or every trial when Tune's loop ran on the cluster (Ray Client, ray://).
+            remote = _ACTIVE.events == 0
+            for result in results:
+                metrics = dict(result.metrics or {})
+                metrics.setdefault("trial_id", Path(result.path).name.removeprefix("trial_") if result.path else None)
+                if result.error is not None:
+                    _ACTIVE.finished(metrics["trial_id"], result.config, metrics,
+                                     f"ray: {str(result.error).strip().splitlines()[-1][:300]}"
+                                     if str(result.error).strip() else "ray: the trial failed")
+                elif FINAL in metrics or (remote and metrics.get("epoch")):
+                    _ACTIVE.finished(metrics["trial_id"], result.config, metrics)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            _ACTIVE, _DEADLINE = None, None
+            progress.close()
+            if started:
+                ray.shutdown()
+        summary = _summary(spec, study, interrupted)
+        if budget is not None and summary.finished < budget and not spec.budget.minutes:
+            summary = dataclasses.replace(summary, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
+        return summary
+
+
+class _Ledger:
+    """`<run_dir>/ray/<name>.sweep.json`: which sweep the Ray experiments belong to, each
+    experiment's trial budget, and the one to resume. A sweep whose budget grew after its
+    experiment ran out gets a further experiment (`<name>-2`, ...) for the missing trials."""
+
+    def __init__(self, path: Path, fingerprint: str, name: str):
+        self.path, self.name = path, name
+        self.state = json.loads(path.read_text()) if path.exists() else {}
+        if self.state.get("fingerprint", fingerprint) != fingerprint:
+            raise SweepError(f"{path.parent} holds Ray experiments of another sweep named {name!r}; fix: give this "
+                             "sweep another name (--set name=...), another --dir, or delete them")
+        self.state.update(fingerprint=fingerprint)
+        self.state.setdefault("experiments", {})
+
+    def experiment(self, trials) -> tuple[str, bool]:
+        """(name, restore): the current experiment while it has trials to run, else a new one."""
+        current = self.state.get("current")
+        if current and tune.Tuner.can_restore(str(self.path.parent / current)):
+            samples = self.state["experiments"].get(current, -1)
+            done = sum(t.user_attrs.get("ray_experiment") == current for t in trials)
+            if samples < 0 or done < samples:
+                return current, True
+        k = len(self.state["experiments"]) + 1
+        while (name := self.name if k == 1 else f"{self.name}-{k}") in self.state["experiments"] \
+                or (self.path.parent / name).exists():
+            k += 1
+        return name, False
+
+    def started(self, name: str, samples: int) -> None:
+        self.state["experiments"][name] = samples
+        self.state["current"] = name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.state, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """Ray Tune's own logging above errors only: our progress prints a line per trial."""
+    loggers = [logging.getLogger(n) for n in ("ray", "ray.tune", "ray.train", "ray.air")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
