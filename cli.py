@@ -61,6 +61,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    import sweeps
+    from sweeps.optuna_engine import worker_id
+    from sweeps.workers import join
+    spec = _load(args)
+    url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
+    print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {url}", flush=True)
+    summary = join(spec, url, run_dir=args.dir, threads=args.threads)
+    budget = f"/{summary.budget}" if summary.budget else ""
+    print(f"{summary.finished}{budget} trials finished; best: "
+          + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"
+             if summary.best_number is not None else "none yet"))
+    if summary.interrupted:
+        print("stopped; its trial is enqueued again for the other workers", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_status(args) -> int:
     import analysis
     print(analysis.status(args.sweep, args.storage, args.dir))
@@ -164,6 +182,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="rows of the final table")
     _set_args(p, "spec keys")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("worker", help="join a running Optuna sweep (from any machine) and run its trials")
+    p.add_argument("spec")
+    _where(p)
+    p.add_argument("--threads", type=int, help="torch CPU threads for trials that do not set train.threads "
+                   "(default: torch's, all cores)")
+    p.add_argument("--preset", help="apply a named preset of the spec (the same as the sweep's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (a worker never shows one: it prints "
+                   "a line per trial it finishes)")
+    _set_args(p, "spec keys (the same as the sweep's)")
+    p.set_defaults(fn=cmd_worker, trials=None, engine=None)
 
     p = sub.add_parser("validate", help="check a spec and print it resolved")
     p.add_argument("spec")

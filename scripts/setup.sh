@@ -12,6 +12,16 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
         || echo "note: dataset-fashion-mnist is not available; set data.download=true to fetch Fashion-MNIST"
 fi
 
+# The PostgreSQL server (its binaries) for the many-worker tests, which start
+# a throwaway server of their own (tests/postgres.py); they are skipped without it.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null \
+        && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+        || echo "note: could not install postgresql; the PostgreSQL worker tests will be skipped"
+fi
+
 PIP="python3 -m pip"
 # torch first, pinned to the releases this project is tested with (pip finds
 # them in a local wheel cache where one is configured).

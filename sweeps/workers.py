@@ -1,0 +1,190 @@
+"""Many worker processes on one storage (the Optuna engine).
+
+`sweep run SPEC --workers N` prepares the sweep in this process (grid points
+or free slots up to the budget, retries of interrupted trials: see
+optuna_engine.prepare), starts N worker processes and shows one progress view
+by polling the storage. Each worker (`join`) runs trials one at a time and
+only pops WAITING trials, so no grid point runs twice and the budget holds.
+`sweep worker SPEC --storage URL` runs the same loop from any machine.
+
+Workers are separate processes, never threads: trials are PyTorch training,
+and on CPU several small trials side by side, each on its share of the cores,
+beat one trial on all of them (../shared/MEASUREMENTS.md: about 22%).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import SweepSpec
+
+from .base import RunOptions, RunSummary, SweepError
+from .optuna_engine import HEARTBEAT_S, _open, counts_toward_budget, open_study, prepare, summary, work
+from .progress import Progress
+
+POLL_S = 1.0        # the progress view reads the storage this often
+STOP_WAIT_S = 60    # after Ctrl-C, how long workers get to record their trial before they are killed
+# A worker started by `sweep run`: the job comes pickled on stdin from the parent (trusted).
+CHILD = ("import sys\n"
+         "try:\n"
+         "    from sweeps.workers import _child\n"
+         "except KeyboardInterrupt:\n"
+         "    sys.exit(130)\n"
+         "sys.exit(_child())\n")
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def join(spec: SweepSpec, storage: str, run_dir: str | Path = "runs", threads: int | None = None) -> RunSummary:
+    """One worker: run trials of the sweep in `storage` until its budget is reached.
+
+    `threads` sets torch's CPU threads for trials whose train.threads is 0.
+    The worker that creates the study prepares it; the others only pop.
+    It prints a line per trial it finishes (no progress bar: the other workers' trials count too).
+    """
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if spec.engine != "optuna":
+        raise SweepError(f"engine: `sweep worker` joins Optuna sweeps, this spec runs on {spec.engine}; "
+                         "fix: use --engine optuna, or `sweep run --address` for a Ray cluster")
+    if threads:
+        torch.set_num_threads(threads)  # a trial's own train.threads still wins (cpu_threads)
+    study, created = _open(spec, storage, worker=True)
+    if created:
+        prepare(study, spec, slots=True)
+    deadline = time.monotonic() + 60 * spec.budget.minutes if spec.budget.minutes else None
+    trials = study.get_trials(deepcopy=False)
+    progress = Progress(spec, spec.trials, sum(map(counts_toward_budget, trials)), quiet=True)
+    try:
+        interrupted = work(study, spec, progress, Path(run_dir), enqueue=False, retry_own=True, deadline=deadline)
+    finally:
+        progress.close()
+    return summary(study, spec, interrupted)
+
+
+def _child() -> int:
+    try:
+        job = pickle.load(sys.stdin.buffer)
+        return 130 if join(**job).interrupted else 0
+    except KeyboardInterrupt:  # before the trial loop started: nothing to record
+        return 130
+
+
+def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
+    """`sweep run --workers N`: prepare, start N workers, show their progress, wait for them."""
+    study = open_study(spec, options.storage)
+    prepare(study, spec, slots=True)
+    budget = spec.trials
+    trials = study.get_trials(deepcopy=False)
+    if budget is not None and sum(map(counts_toward_budget, trials)) >= budget:
+        return summary(study, spec, False)  # nothing to do: no workers to start
+    progress = Progress(spec, budget, sum(map(counts_toward_budget, trials)), quiet=options.quiet)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:  # the progress lines show the best so far, earlier runs included
+        best = (min if spec.objective.mode == "min" else max)(done, key=lambda t: t.value)
+        progress.best = (best.value, best.number)
+    job = pickle.dumps({"spec": spec, "storage": options.storage, "run_dir": str(Path(options.run_dir).resolve()),
+                        "threads": threads_per_worker(options.workers)})
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # the workers import this checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    procs: list[subprocess.Popen] = []
+    interrupted = False
+    try:
+        for _ in range(options.workers):
+            # Each in its own session: Ctrl-C reaches the workers once, forwarded from here.
+            proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+            procs.append(proc)
+            try:
+                proc.stdin.write(job)
+                proc.stdin.close()
+            except BrokenPipeError:  # it died at start; its error is on stderr, the exit code below
+                pass
+        if not options.quiet:
+            progress.write(f"{options.workers} workers, {threads_per_worker(options.workers)} thread(s) each")
+        _watch(study, spec, procs, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(procs)
+    except BaseException:  # this process failed: do not leave the workers running on their own
+        _stop(procs)
+        raise
+    finally:
+        progress.close()
+    codes = [p.returncode for p in procs]
+    crashed = [c for c in codes if c not in (0, 130, -signal.SIGINT)]
+    result = summary(study, spec, interrupted)
+    if crashed and not interrupted:
+        print(f"warning: {len(crashed)} of {len(procs)} workers failed (exit codes {crashed}); "
+              "their errors are above", file=sys.stderr)
+        if len(crashed) == len(procs) and budget is not None and result.finished < budget:
+            raise SweepError(f"every worker failed before the budget ({result.finished}/{budget} trials "
+                             "finished); fix: see the errors above, then run the same command again to resume")
+    return result
+
+
+def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], progress: Progress) -> None:
+    """One line per newly finished trial until every worker has exited.
+
+    If the storage stays idle short of the budget (nothing waiting or running:
+    a worker was killed while it enqueued a retry, or between popping a trial
+    and its first heartbeat), enqueue what is missing again.
+    """
+    budget = spec.trials
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    idle_since: tuple[int, float] | None = None
+    while any(p.poll() is None for p in procs):
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                progress.trial_done(study, t)
+        finished = sum(map(counts_toward_budget, trials))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if progress.bar is not None:
+            alive = sum(p.poll() is None for p in procs)
+            progress.bar.set_postfix_str(f"{running} running, {waiting} waiting, {alive} workers")
+        if budget is not None and finished < budget and not running and not waiting:
+            if idle_since is None or idle_since[0] != len(trials):
+                idle_since = (len(trials), time.monotonic())
+            elif time.monotonic() - idle_since[1] > 2 * HEARTBEAT_S:  # not a worker mid-retry
+                prepare(study, spec, slots=True)
+                idle_since = None
+        else:
+            idle_since = None
+        time.sleep(POLL_S)
+    for t in study.get_trials(deepcopy=False):  # the last ones
+        if t.state.is_finished() and t.number not in seen:
+            seen.add(t.number)
+            progress.trial_done(study, t)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Forward Ctrl-C to the workers and wait: each records its trial as interrupted and enqueues its retry."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        end = time.monotonic() + STOP_WAIT_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its trial is retried once its heartbeat expires
+                proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)

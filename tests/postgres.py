@@ -1,0 +1,135 @@
+"""A real, throwaway PostgreSQL server for tests.
+
+`postgres_server` (one per session) runs initdb in a temporary folder, starts
+the server with pg_ctl on a free port of 127.0.0.1 with trust auth, and stops
+it after. `postgres_url` creates a fresh database per test and yields its
+SQLAlchemy URL. Use them from a test module with
+`from postgres import postgres_server, postgres_url  # noqa: F401`.
+
+The server binaries come from the Debian package `postgresql`
+(/usr/lib/postgresql/<version>/bin; scripts/setup.sh installs it); without
+them, or without psycopg2, the tests that use these fixtures are skipped.
+initdb refuses to run as root, so as root the folder is given to the
+`postgres` user the package creates and the server runs as that user.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+NOT_INSTALLED = "the PostgreSQL server could not be installed"
+
+
+def server_bin() -> Path | None:
+    """The folder of initdb and pg_ctl: the newest Debian install, else the PATH."""
+    def version(path: Path) -> tuple:
+        return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
+
+    found = [d for d in Path("/usr/lib/postgresql").glob("*/bin")
+             if (d / "initdb").exists() and (d / "pg_ctl").exists()]
+    if found:
+        return max(found, key=version)
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb and pg_ctl and Path(initdb).parent == Path(pg_ctl).parent:
+        return Path(initdb).parent
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    bin: Path
+    port: int
+    folder: Path
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@{HOST}:{self.port}/{database}"
+
+    def createdb(self, name: str) -> str:
+        subprocess.run([str(self.bin / "createdb"), "-h", HOST, "-p", str(self.port), "-U", "postgres", name],
+                       check=True, capture_output=True, text=True, timeout=60)
+        return self.url(name)
+
+
+def _as_server_user(folder: Path) -> list[str]:
+    """The command prefix that runs the server's programs as a non-root user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip(f"{NOT_INSTALLED}: running as root and there is no `postgres` user to run it as "
+                    "(fix: bash scripts/setup.sh, which installs the Debian package postgresql)")
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _run(cmd: list[str], folder: Path, what: str) -> None:
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        log = folder / "server.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stdout}{done.stderr}{tail}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    bindir = server_bin()
+    if bindir is None:
+        pytest.skip(f"{NOT_INSTALLED}: no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH "
+                    "(fix: bash scripts/setup.sh, which runs apt-get install postgresql)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed, so SQLAlchemy cannot reach PostgreSQL "
+                    "(fix: pip install -e '.[test]', which brings psycopg2-binary)")
+    folder = Path(tempfile.mkdtemp(prefix="recipe-sweep-pg-"))  # under /tmp, which any user can traverse
+    try:
+        as_user = _as_server_user(folder)
+        data = folder / "data"
+        _run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], folder, "initdb")
+        for attempt in itertools.count():
+            port = free_port()
+            # -F: no fsync (a test server); -k: its socket in our folder, not /var/run/postgresql
+            options = f"-h {HOST} -p {port} -k {folder} -F -c max_connections=200"
+            try:
+                _run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
+                                "-w", "-t", "60", "-o", options, "start"], folder, "pg_ctl start")
+                break
+            except RuntimeError:
+                if attempt == 2:  # not a port taken between free_port and the start
+                    raise
+        server = Server(bindir, port, folder)
+        try:
+            yield server
+        finally:
+            subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           cwd=folder, capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new, empty database on the test server: postgresql+psycopg2://postgres@127.0.0.1:PORT/DB."""
+    yield postgres_server.createdb(f"sweeps{os.getpid()}_{next(_databases)}")

@@ -1,0 +1,200 @@
+"""Many worker processes on one storage: SQLite on one machine, a real PostgreSQL server for many."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+import analysis
+from conftest import ROOT, tiny_spec
+from postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from search_spaces import load_spec
+from sweeps.optuna_engine import open_study, prepare
+
+CLI = [sys.executable, str(ROOT / "cli.py")]
+GRID4 = [0.01, 0.02, 0.03, 0.04]
+GRID8 = [0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045]
+
+
+def grid_spec(values, epochs: int, subset: int = 512) -> dict:
+    spec = tiny_spec(sampler={"name": "grid"}, space={"optim.lr": {"grid": list(values)}})
+    del spec["budget"]  # a grid runs each point once
+    spec["base"]["train"]["epochs"] = epochs
+    spec["base"]["data"]["subset"] = subset
+    return spec
+
+
+def trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def states(url: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials(url):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def wait_for(predicate, timeout: float = 180):
+    end = time.time() + timeout
+    while time.time() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.3)
+    return None
+
+
+def start(args: list[str], cwd, log) -> subprocess.Popen:
+    return subprocess.Popen(CLI + args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def test_run_with_two_workers_runs_every_grid_point_once(write_spec, tmp_path):
+    path = write_spec(grid_spec(GRID4, epochs=6))
+    runs = tmp_path / "runs"
+    done = subprocess.run(CLI + ["run", str(path), "--workers", "2", "--dir", str(runs), "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "4/4 trials finished" in done.stdout
+    assert sum(line.startswith("trial ") for line in done.stdout.splitlines()) == 4  # one line per trial
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    assert states(url) == {"COMPLETE": 4}
+    assert sorted(t.params["optim.lr"] for t in trials(url)) == GRID4
+    assert len({t.user_attrs["worker"] for t in trials(url)}) == 2  # both workers ran trials
+    frame = analysis.load("tiny", directory=runs)
+    assert len(frame) == 4 and (frame["state"] == "complete").all()
+
+
+def test_budget_holds_with_three_workers_on_a_random_space(write_spec, tmp_path):
+    spec = tiny_spec(budget={"trials": 5})
+    spec["base"]["train"]["epochs"] = 2
+    path = write_spec(spec)
+    runs = tmp_path / "runs"
+    done = subprocess.run(CLI + ["run", str(path), "--workers", "3", "--dir", str(runs), "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    assert states(url) == {"COMPLETE": 5}
+    assert len({t.params["optim.lr"] for t in trials(url)}) == 5  # workers do not replay one another's draws
+    again = subprocess.run(CLI + ["run", str(path), "--workers", "3", "--dir", str(runs), "--quiet"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "5/5 trials finished" in again.stdout
+    assert states(url) == {"COMPLETE": 5}  # budget reached: nothing new, nothing left waiting
+
+
+def test_a_worker_refuses_a_different_spec(write_spec, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    open_study(load_spec(write_spec(tiny_spec())), url)
+    changed = write_spec(tiny_spec(space={"optim.lr": {"loguniform": [0.001, 0.01]}}), "changed.yaml")
+    out = subprocess.run(CLI + ["worker", str(changed), "--storage", url, "--dir", str(runs)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "different" in out.stderr and "Traceback" not in out.stderr
+    assert trials(url) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_the_rerun_runs_each_grid_point_once(write_spec, tmp_path):
+    path = write_spec(grid_spec(GRID4, epochs=30, subset=256))  # long trials: the interrupt lands mid-trial
+    runs = tmp_path / "runs"
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    cmd = CLI + ["run", str(path), "--workers", "2", "--dir", str(runs), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (runs / "tiny.db").exists() and sum(
+            t.state.name == "RUNNING" and len(t.user_attrs.get("curve.0", [])) >= 1 for t in trials(url)) == 2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "resume" in err and "Traceback" not in err
+    stopped = [t for t in trials(url) if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and all("error" not in t.user_attrs for t in stopped)
+    retries = [t for t in trials(url) if t.state.name == "WAITING" and "retried" in t.user_attrs]
+    assert sorted(t.user_attrs["retried"] for t in retries) == sorted(t.number for t in stopped)  # one each
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert states(url) == {"FAIL": 2, "COMPLETE": 4}
+    frame = analysis.load("tiny", directory=runs)
+    assert sorted(frame["optim.lr"]) == GRID4 and (frame["state"] == "complete").all()
+    for t in stopped:  # each retry resumed from its checkpoints: one unbroken curve, the saved epochs kept
+        retry = next(r for r in trials(url) if r.user_attrs.get("retried") == t.number)
+        curve, before = retry.user_attrs["curve.0"], t.user_attrs["curve.0"]
+        assert [c["epoch"] for c in curve] == list(range(1, 31))
+        assert before and curve[:len(before) - 1] == before[:-1]
+
+
+@pytest.mark.slow
+def test_four_workers_on_postgres_one_killed_mid_trial(write_spec, tmp_path, postgres_url):
+    epochs = 8
+    path = write_spec(grid_spec(GRID8, epochs=epochs, subset=1024))
+    url = postgres_url
+    prepare(open_study(load_spec(path), url), load_spec(path), slots=True)  # the study, its grid enqueued
+    assert states(url) == {"WAITING": 8}
+    log = open(tmp_path / "workers.log", "w")
+    workers = [start(["worker", str(path), "--storage", url, "--dir", str(tmp_path / "runs"), "--quiet"],
+                     tmp_path, log) for _ in range(4)]
+    by_pid = {str(p.pid): p for p in workers}
+    try:
+        def mid_trial():
+            for t in trials(url):
+                curve = t.user_attrs.get("curve.0", [])
+                if t.state.name == "RUNNING" and 1 <= len(curve) <= epochs - 3:
+                    return t
+            return None
+
+        victim = wait_for(mid_trial)
+        assert victim, "no trial got to its second epoch"
+        killed = by_pid[victim.user_attrs["worker"].rsplit(":", 1)[1]]
+        killed.send_signal(signal.SIGKILL)
+        codes = [p.wait(timeout=300) for p in workers]
+    finally:
+        for p in workers:
+            if p.poll() is None:
+                p.kill()
+        log.close()
+    assert sorted(codes) == sorted([0, 0, 0, -signal.SIGKILL]), (tmp_path / "workers.log").read_text()
+    assert states(url) == {"COMPLETE": 8, "FAIL": 1}
+    frame = analysis.load("tiny", url)
+    assert len(frame) == 8 and sorted(frame["optim.lr"]) == GRID8  # every grid point exactly once
+    everything = trials(url)
+    dead = next(t for t in everything if t.state.name == "FAIL")
+    assert dead.number == victim.number and "error" not in dead.user_attrs
+    retry = [t for t in everything if t.user_attrs.get("retried") == dead.number]
+    assert len(retry) == 1 and retry[0].params == dead.params and retry[0].state.name == "COMPLETE"
+    assert retry[0].user_attrs["retry_of"] == dead.number
+    assert retry[0].user_attrs["worker"] != dead.user_attrs["worker"]  # another worker took it over
+    # It resumed from the killed run's checkpoint: one unbroken curve, and the epochs that
+    # were saved before the kill are the killed run's own (their measured speed included).
+    curve, before = retry[0].user_attrs["curve.0"], dead.user_attrs["curve.0"]
+    assert [c["epoch"] for c in curve] == list(range(1, epochs + 1))
+    assert before and curve[:len(before) - 1] == before[:-1]
+    assert len({t.user_attrs["worker"] for t in everything}) >= 3
+
+
+def test_workers_starting_together_on_an_empty_postgres_keep_the_budget(write_spec, tmp_path, postgres_url):
+    spec = tiny_spec(budget={"trials": 5})
+    spec["base"]["train"]["epochs"] = 2
+    path = write_spec(spec)
+    log = open(tmp_path / "workers.log", "w")
+    workers = [start(["worker", str(path), "--storage", postgres_url, "--dir", str(tmp_path / "runs")],
+                     tmp_path, log) for _ in range(3)]
+    try:
+        codes = [p.wait(timeout=300) for p in workers]
+    finally:
+        for p in workers:
+            if p.poll() is None:
+                p.kill()
+        log.close()
+    assert codes == [0, 0, 0], (tmp_path / "workers.log").read_text()
+    assert states(postgres_url) == {"COMPLETE": 5}  # the first enqueued the budget, the others only popped
+    assert len({t.params["optim.lr"] for t in trials(postgres_url)}) == 5
