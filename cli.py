@@ -38,6 +38,13 @@ def _load(args):
     return load_spec(args.spec, sets, args.preset)
 
 
+def _print_summary(spec, summary) -> None:
+    budget = f"/{summary.budget}" if summary.budget else ""
+    print(f"{summary.finished}{budget} trials finished; best: "
+          + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"
+             if summary.best_number is not None else "none yet"))
+
+
 def cmd_run(args) -> int:
     import analysis
     import sweeps
@@ -51,10 +58,7 @@ def cmd_run(args) -> int:
         table = analysis.trials_table(frame, spec.objective.metric, spec.objective.mode).head(args.top)
         shown = table.dropna(axis=1, how="all").drop(columns=[] if spec.seeds > 1 else ["seed"])
         print(analysis.render(shown))
-    budget = f"/{summary.budget}" if summary.budget else ""
-    print(f"{summary.finished}{budget} trials finished; best: "
-          + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"
-             if summary.best_number is not None else "none yet"))
+    _print_summary(spec, summary)
     if summary.interrupted:
         print("stopped; run the same command again to resume", file=sys.stderr)
         return 130
@@ -69,10 +73,7 @@ def cmd_worker(args) -> int:
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
     print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {url}", flush=True)
     summary = join(spec, url, run_dir=args.dir, threads=args.threads)
-    budget = f"/{summary.budget}" if summary.budget else ""
-    print(f"{summary.finished}{budget} trials finished; best: "
-          + (f"trial {summary.best_number} {spec.objective.metric}={summary.best_value:.4g}"
-             if summary.best_number is not None else "none yet"))
+    _print_summary(spec, summary)
     if summary.interrupted:
         print("stopped; its trial is enqueued again for the other workers", file=sys.stderr)
         return 130

@@ -79,7 +79,7 @@ from trainable import TrialError, to_dict
 from trainable.config import with_key
 
 from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample
+from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, summary
 from .progress import Progress
 from .trial import RUN_KEYS, median_metrics, run_seeds, versions
 
@@ -427,14 +427,6 @@ def _env(**values: str):
                 os.environ[k] = v
 
 
-def _summary(spec: SweepSpec, study: optuna.Study, interrupted: bool) -> RunSummary:
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = (min if spec.objective.mode == "min" else max)(done, key=lambda t: t.value) if done else None
-    return RunSummary(finished=sum(map(counts_toward_budget, trials)), budget=spec.trials, interrupted=interrupted,
-                      best_value=best.value if best else None, best_number=best.number if best else None)
-
-
 class RayEngine:
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         global _ACTIVE, _DEADLINE
@@ -447,7 +439,7 @@ class RayEngine:
         storage = Path(options.run_dir).expanduser().resolve() / "ray"
         ledger = _Ledger(storage / f"{spec.name}.sweep.json", fingerprint(spec), spec.name)
         if budget is not None and finished >= budget:
-            return _summary(spec, study, interrupted=False)
+            return summary(study, spec, interrupted=False)
         name, restore = ledger.experiment(trials)
         samples = -1 if budget is None else budget - finished
 
@@ -502,10 +494,10 @@ class RayEngine:
             progress.close()
             if started:
                 ray.shutdown()
-        summary = _summary(spec, study, interrupted)
-        if budget is not None and summary.finished < budget and not spec.budget.minutes:
-            summary = dataclasses.replace(summary, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
-        return summary
+        result = summary(study, spec, interrupted)
+        if budget is not None and result.finished < budget and not spec.budget.minutes:
+            result = dataclasses.replace(result, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
+        return result
 
 
 class _Ledger:
