@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,17 @@ def tiny_spec(name: str = "tiny", **top) -> dict:
             "space": {"optim.lr": {"loguniform": [0.01, 0.1]}}}
     spec.update(top)
     return spec
+
+
+def wait_for(predicate, timeout: float = 180):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass (None)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.2)
+    return None
 
 
 @pytest.fixture

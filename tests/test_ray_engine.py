@@ -13,7 +13,7 @@ import pytest
 
 import analysis
 import sweeps
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, tiny_spec, wait_for
 from search_spaces import load_spec
 
 ray = pytest.importorskip("ray")
@@ -132,15 +132,6 @@ def _finished(db) -> list[tuple[str, str]]:
         return []
 
 
-def _wait_for(predicate, timeout=180):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @pytest.mark.slow
 def test_a_killed_driver_resumes_without_losing_or_repeating_trials(write_spec, tmp_path):
     grid = [0.01, 0.02, 0.03]
@@ -156,7 +147,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(write_spec, 
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True)
     try:
-        assert _wait_for(lambda: db.exists() and len(_finished(db)) >= 1), "no trial finished"
+        assert wait_for(lambda: db.exists() and len(_finished(db)) >= 1), "no trial finished"
         time.sleep(1.5)  # into the second trial's epochs
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)

@@ -13,7 +13,7 @@ import pytest
 
 import analysis
 import sweeps
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, tiny_spec, wait_for
 from search_spaces import load_spec
 
 CONTRACT = ["trial", "seed", "state", "val_error", "best_val_error", "test_error", "epochs_done", "duration_s",
@@ -104,15 +104,6 @@ def _running_has_an_epoch(db) -> bool:
                            "where t.state = 'RUNNING' and a.key = 'curve.0'").fetchone()[0] > 0
 
 
-def _wait_for(predicate, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(write_spec, tmp_path):
     spec = tiny_spec(sampler={"name": "grid"}, space={"optim.lr": {"grid": [0.01, 0.02, 0.03, 0.04]}})
     del spec["budget"]
@@ -123,8 +114,8 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(wr
     db = tmp_path / "runs" / "tiny.db"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: db.exists() and _counts(db).get("COMPLETE", 0) >= 1
-                         and _counts(db).get("RUNNING", 0) == 1 and _running_has_an_epoch(db)), \
+        assert wait_for(lambda: db.exists() and _counts(db).get("COMPLETE", 0) >= 1
+                         and _counts(db).get("RUNNING", 0) == 1 and _running_has_an_epoch(db), timeout=120), \
             "the sweep never got to its second trial"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -156,7 +147,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(write_spec, tmp_path):
     cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs"), "--quiet"]
     db = tmp_path / "runs" / "tiny.db"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: db.exists() and _counts(db).get("RUNNING", 0) == 1)
+    assert wait_for(lambda: db.exists() and _counts(db).get("RUNNING", 0) == 1, timeout=120)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

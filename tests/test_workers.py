@@ -4,13 +4,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 
 import analysis
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, tiny_spec, wait_for
 from postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from search_spaces import load_spec
 from sweeps.optuna_engine import open_study, prepare
@@ -40,16 +39,6 @@ def states(url: str) -> dict[str, int]:
     for t in trials(url):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
-
-
-def wait_for(predicate, timeout: float = 180):
-    end = time.time() + timeout
-    while time.time() < end:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.3)
-    return None
 
 
 def start(args: list[str], cwd, log) -> subprocess.Popen:
