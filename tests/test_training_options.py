@@ -132,6 +132,32 @@ def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_res
     assert len(saved["history"]) == 3
 
 
+def test_a_checkpoint_resumed_under_another_lr_keeps_its_weights_and_takes_the_new_hyperparameters(tmp_path):
+    # What PBT does: a clone continues another trial's checkpoint with perturbed lr and weight decay.
+    from trainable.run import Training
+    base = {"train.epochs": 4, "optim.lr": 0.1, "optim.weight_decay": 5e-4, "schedule.warmup_epochs": 1}
+    donor = Training(tiny(**base))
+    donor.epoch()
+    donor.save(tmp_path / "seed0.pt")
+    clone = Training(tiny(**{**base, "optim.lr": 0.05, "optim.weight_decay": 1e-3}))
+    clone.load(tmp_path / "seed0.pt")
+    steps = donor.sched.last_epoch
+    assert clone.sched.last_epoch == steps and clone.history == donor.history
+    factor = donor.sched.lr_lambdas[0](steps)
+    assert donor.opt.param_groups[0]["lr"] == pytest.approx(0.1 * factor)
+    for group in clone.opt.param_groups:
+        assert group["lr"] == pytest.approx(0.05 * factor)
+        assert group["weight_decay"] in (1e-3, 0.0)  # 0: a group without decay (BN, bias) when so configured
+    for a, b in zip(clone.model.state_dict().values(), donor.model.state_dict().values()):
+        assert torch.equal(a, b)
+    momentum = [s["momentum_buffer"] for s in clone.opt.state.values()]
+    assert momentum and all(torch.equal(m, donor.opt.state[p]["momentum_buffer"])
+                            for m, p in zip(momentum, donor.opt.state))
+    clone.epoch()
+    last_step = clone.sched.last_epoch - 1
+    assert clone.history[-1]["lr"] == pytest.approx(0.05 * clone.sched.lr_lambdas[0](last_step))
+
+
 def test_a_model_too_big_for_memory_fails_the_trial_with_out_of_memory():
     from trainable.errors import OutOfMemory
     with pytest.raises(OutOfMemory, match="out of memory"):

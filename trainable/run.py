@@ -264,9 +264,19 @@ class Training:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from `state`, keeping this config's optimizer hyperparameters: a checkpoint
+        carries the weights, buffers, step counts and RNGs, while lr, weight decay and
+        momentum come from the config (PBT resumes a clone with perturbed ones)."""
         self.model.load_state_dict(state["model"])
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
+        for group, values in zip(self.opt.param_groups, hyper):
+            group.update(values)
         self.sched.load_state_dict(state["sched"])
+        self.sched.base_lrs = [g["initial_lr"] for g in self.opt.param_groups]
+        for group, base, factor in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
+            group["lr"] = base * factor(self.sched.last_epoch)
+        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
