@@ -32,9 +32,13 @@ class Sampler:
 
 @dataclass(frozen=True)
 class Pruner:
-    name: str = opt("none", "none | median | asha | hyperband", ("none", "median", "asha", "hyperband"))
+    name: str = opt("none", "none | median | asha | hyperband | pbt (Ray only)",
+                    ("none", "median", "asha", "hyperband", "pbt"))
     startup_trials: int = opt(5, "median: trials to finish before pruning starts")
-    warmup_epochs: int = opt(1, "epochs a trial runs before it may be pruned")
+    warmup_epochs: int = opt(1, "epochs a trial runs before it may be pruned (pbt: before it is perturbed)")
+    interval_epochs: int = opt(2, "pbt: epochs between two exploit/explore steps of a trial")
+    quantile: float = opt(0.25, "pbt: the bottom fraction of trials clones the top fraction (0 < q <= 0.5)")
+    resample: float = opt(0.25, "pbt: chance that a perturbed value is drawn anew instead of scaled")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from trainable.registry import Registry
 
 from .base import ENGINES, RunOptions, RunSummary, SweepError
 from .progress import Progress
+from .same_length import SameLengthPruner, varies_epochs
 from .storage import sqlite_file
 from .trial import median_metrics, run_seeds, versions
 
@@ -52,13 +53,29 @@ SAMPLERS.register("grid")(lambda seed: optuna.samplers.RandomSampler(seed=seed))
 SAMPLERS.register("tpe")(lambda seed: optuna.samplers.TPESampler(seed=seed))
 SAMPLERS.register("qmc")(lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True,
                                                                  warn_independent_sampling=False))
-PRUNERS.register("none")(lambda spec: optuna.pruners.NopPruner())
-PRUNERS.register("median")(lambda spec: optuna.pruners.MedianPruner(
+# pruner.name -> builder(spec, epochs): `epochs` is the training length of the trials it compares.
+PRUNERS.register("none")(lambda spec, epochs: optuna.pruners.NopPruner())
+PRUNERS.register("median")(lambda spec, epochs: optuna.pruners.MedianPruner(
     n_startup_trials=spec.pruner.startup_trials, n_warmup_steps=spec.pruner.warmup_epochs))
-PRUNERS.register("asha")(lambda spec: optuna.pruners.SuccessiveHalvingPruner(
+PRUNERS.register("asha")(lambda spec, epochs: optuna.pruners.SuccessiveHalvingPruner(
     min_resource=max(spec.pruner.warmup_epochs, 1)))
-PRUNERS.register("hyperband")(lambda spec: optuna.pruners.HyperbandPruner(
-    min_resource=max(spec.pruner.warmup_epochs, 1), max_resource=spec.base.train.epochs))
+PRUNERS.register("hyperband")(lambda spec, epochs: optuna.pruners.HyperbandPruner(
+    min_resource=max(spec.pruner.warmup_epochs, 1), max_resource=epochs))
+PRUNERS.register("pbt")(lambda spec, epochs: optuna.pruners.NopPruner())  # Ray's; the study only mirrors its trials
+
+
+def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; where the space varies train.epochs, one per training length."""
+    build = PRUNERS.get(spec.pruner.name)
+    if spec.pruner.name in ("none", "pbt") or not varies_epochs(spec):
+        return build(spec, spec.base.train.epochs)
+    return SameLengthPruner(lambda epochs: build(spec, epochs))
+
+
+def check_runs_on_optuna(spec: SweepSpec) -> None:
+    if spec.pruner.name == "pbt":
+        raise SweepError("pruner.name: pbt runs on the Ray engine only (it clones trials through their "
+                         "checkpoints); fix: add --engine ray, or use median, asha or hyperband")
 
 
 # ---- the spec's distributions as Optuna suggestions ----------------------
@@ -253,7 +270,7 @@ def _open(spec: SweepSpec, url: str, worker: bool = False) -> tuple[optuna.Study
     if worker:
         seed = (seed + zlib.crc32(worker_id().encode())) % 2**31
     study.sampler = SAMPLERS.get(spec.sampler.name)(seed)
-    study.pruner = PRUNERS.get(spec.pruner.name)(spec)
+    study.pruner = pruner(spec)
     return study, created
 
 
@@ -462,6 +479,7 @@ def summary(study: optuna.Study, spec: SweepSpec, interrupted: bool) -> RunSumma
 class OptunaEngine:
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial
+        check_runs_on_optuna(spec)
         if options.workers < 1:
             raise SweepError(f"--workers: must be at least 1, got {options.workers}; fix: use e.g. --workers 2")
         if options.workers > 1:

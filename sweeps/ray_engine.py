@@ -37,7 +37,7 @@ A fresh actor re-imports torch, Ray Tune and this package and reloads the data
 set for every trial. Hence reuse_actors is on for CPU trials; GPU trials get a
 fresh actor each, so no CUDA memory cache is carried from trial to trial.
 
-Not done: PBT (the spec's pruner has no "pbt" choice yet). HyperBand pauses
+PBT (`pruner: {name: pbt}`, Ray only): see ray_pbt.py. HyperBand pauses
 trials until its bracket fills, so a budget smaller than a bracket prunes
 nothing. Ray's `time_budget_s` is not used: budget.minutes stops new trials
 (as in the Optuna engine) and lets running ones finish. With a Ray Client
@@ -69,8 +69,6 @@ from optuna.trial import TrialState
 
 import ray
 from ray import tune
-from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
-                                 TrialScheduler)
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -78,6 +76,7 @@ from search_spaces import SweepSpec
 from trainable import TrialError, to_dict
 from trainable.config import with_key
 
+from . import ray_pbt, ray_schedulers
 from .base import RunOptions, RunSummary, SweepError
 from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, summary
 from .progress import Progress
@@ -85,12 +84,12 @@ from .trial import RUN_KEYS, median_metrics, run_seeds, versions
 
 REUSE_ACTORS: bool | None = None   # None: reuse on CPU-only trials (tests and measurements override it)
 PATH_KEYS = ("data.root", "train.teacher", "train.save_model")  # resolved against the driver's folder
-EPOCH_METRICS = ("val_error", "val_loss", "train_loss", "train_error")  # what run_seeds reports per epoch
 GRID_CYCLES_UNBUDGETED = 100       # grid cycles queued when only budget.minutes bounds the sweep
 
 # Keys of our reports (Ray fills in its own: training_iteration, time_total_s, trial_id, ...).
-FINAL, ERROR, RUNS, CURVES, SEEDS, VERSIONS, WORKER = (
-    "sweep_final", "sweep_error", "sweep_runs", "sweep_curves", "sweep_seeds", "sweep_versions", "sweep_worker")
+FINAL, ERROR, RUNS, CURVES, SEEDS, VERSIONS, WORKER, PARAMS = (
+    "sweep_final", "sweep_error", "sweep_runs", "sweep_curves", "sweep_seeds", "sweep_versions", "sweep_worker",
+    "sweep_params")
 
 
 # ---- inside the trial (a Ray actor, in its own working directory) --------
@@ -145,7 +144,9 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
         if (local / "curves.json").exists():
             curves = json.loads((local / "curves.json").read_text())
     first = {VERSIONS: json.dumps(versions()), CURVES: json.dumps(curves),  # sent once per (re)start
-             WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+             WORKER: f"{socket.gethostname()}:{os.getpid()}",
+             PARAMS: json.dumps({"epoch": max((c["epoch"] for c in curves[0]), default=0) if curves else 0,
+                                 "params": dict(config)})}  # PBT restarts a trial under new params
     runs: list[dict] = []
 
     def on_epoch(epoch: int, per_seed) -> None:
@@ -220,12 +221,19 @@ class SweepSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def _search(spec: SweepSpec, trials, samples: int) -> SweepSearch:
+def _search(spec: SweepSpec, trials, samples: int) -> tuple[Any, dict | None]:
+    """Ray's search algorithm and param_space."""
     sampler = SAMPLERS.get(spec.sampler.name)(spec.sampler.seed + len(trials))  # a later experiment draws anew
     points = None
     if spec.sampler.name == "grid" and spec.grid_params:
         points = _grid_queue(spec, trials, samples if samples >= 0 else GRID_CYCLES_UNBUDGETED * len(
             spec.grid_points()))
+    if spec.pruner.name == "pbt":  # Ray's PBT takes no search algorithm: the population is drawn here
+        return ray_pbt.population(spec, sampler, points or [], samples, sample)
+    return _optuna_search(spec, sampler, points), None
+
+
+def _optuna_search(spec: SweepSpec, sampler, points) -> SweepSearch:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return SweepSearch(space=_Space(spec), metric=spec.objective.metric, mode=spec.objective.mode,
@@ -252,22 +260,14 @@ def _grid_queue(spec: SweepSpec, trials, n: int) -> list[dict[str, Any]]:
     return queue
 
 
-def _scheduler(spec: SweepSpec) -> TrialScheduler:
-    metric, mode, p = spec.objective.metric, spec.objective.mode, spec.pruner
-    if p.name == "none" or metric not in EPOCH_METRICS:  # like the Optuna engine: no per-epoch metric, no pruning
-        return FIFOScheduler()
-    grace, max_t = max(p.warmup_epochs, 1), spec.base.train.epochs
-    if p.name == "median":
-        return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode, grace_period=grace,
-                                  min_samples_required=max(p.startup_trials, 1))
-    if p.name == "asha":
-        # stop_last_trials=False: a trial that reaches max_t ends by itself, with its final result.
-        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t, grace_period=grace,
-                             stop_last_trials=False)
-    if p.name == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                                  stop_last_trials=False)
-    raise SweepError(f"pruner.name: {p.name!r} has no Ray scheduler; fix: use none, median, asha or hyperband")
+class _Epochs:
+    """A Ray trial's training length, from its config (a class, so the scheduler pickles)."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, config: dict) -> int:
+        return self.spec.config(_values(self.spec, config)).train.epochs
 
 
 # ---- the driver: Ray's results into the Optuna study ---------------------
@@ -282,6 +282,7 @@ class _Recorder:
         self.curves: dict[str, list[list[dict]]] = {}
         self.versions: dict[str, dict] = {}
         self.workers: dict[str, str] = {}
+        self.params: dict[str, list[dict]] = {}  # the params a trial (re)started with, by epoch (PBT changes them)
         self.events = 0  # results seen here: none when Tune's loop runs on the cluster (a ray:// address)
 
     def result(self, trial_id: str, result: dict) -> None:
@@ -297,6 +298,8 @@ class _Recorder:
             self.versions[trial_id] = json.loads(result[VERSIONS])
         if WORKER in result:
             self.workers[trial_id] = result[WORKER]
+        if PARAMS in result:
+            self.params.setdefault(trial_id, []).append(json.loads(result[PARAMS]))
 
     def finished(self, trial_id: str, params: dict, last: dict, ray_error: str | None = None) -> None:
         """A trial that ended: complete, failed, or stopped early by the scheduler."""
@@ -307,11 +310,14 @@ class _Recorder:
         spec, metric = self.spec, self.spec.objective.metric
         self.result(trial_id, last)
         curves = self.curves.pop(trial_id, [[] for _ in range(spec.seeds)])
-        values, distributions, fixed = _rebuild(spec, params)
+        values, params, distributions, fixed = _rebuild(spec, params)
         attrs: dict[str, Any] = {"config": to_dict(spec.config(values)),
                                  "versions": self.versions.pop(trial_id, None) or versions(), **fixed}
         if trial_id in self.workers:
             attrs["worker"] = self.workers.pop(trial_id)
+        history = self.params.pop(trial_id, [])
+        if any({k: h["params"].get(k) for k in params} != params for h in history):  # explored by PBT: how it got its final params
+            attrs["pbt_history"] = history
         for i, curve in enumerate(curves):
             if curve:
                 attrs[f"curve.{i}"] = curve
@@ -344,15 +350,16 @@ class _Recorder:
         self.progress.trial_done(self.study, added)
 
 
-def _rebuild(spec: SweepSpec, params: dict[str, Any]):
-    """Values, Optuna distributions and fixed.* attrs of a trial's params: `sample` once
-    more on an in-memory trial with the params enqueued, so they match the search exactly."""
+def _rebuild(spec: SweepSpec, config: dict[str, Any]):
+    """Values, params, Optuna distributions and fixed.* attrs of a Ray trial's config: `sample`
+    once more on an in-memory trial with the config enqueued, so they match the search exactly
+    (and a name the config holds but the trial does not use is dropped)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial(dict(params))
+    study.enqueue_trial(dict(config))
     trial = study.ask()
     values = sample(spec, trial)
     fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
-    return values, dict(trial.distributions), fixed
+    return values, dict(trial.params), dict(trial.distributions), fixed
 
 
 def _intermediate(curves: list[list[dict]], metric: str) -> dict[int, float]:
@@ -431,6 +438,7 @@ class RayEngine:
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         global _ACTIVE, _DEADLINE
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        scheduler = ray_schedulers.scheduler(spec, _Epochs(spec))  # its errors come before anything is stored or started
         study = open_study(spec, options.storage)
         study.set_user_attr("engine", "ray")
         budget = spec.trials
@@ -467,13 +475,14 @@ class RayEngine:
                                                resume_errored=False, restart_errored=False)
                 else:
                     ledger.started(name, samples)
-                    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                        search_alg=_search(spec, trials, samples), scheduler=_scheduler(spec), num_samples=samples,
+                    search, space = _search(spec, trials, samples)
+                    tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
+                        search_alg=search, scheduler=scheduler, num_samples=samples,
                         max_concurrent_trials=max(options.workers, 1), reuse_actors=reuse,
                         trial_dirname_creator=_dirname),
                         run_config=tune.RunConfig(
                             name=name, storage_path=str(storage), verbose=0, callbacks=[_Callback()],
-                            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                            checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(spec))))
                 results = tuner.fit()
             # What the callbacks did not write: a trial that finished just before a driver was
             # killed, or every trial when Tune's loop ran on the cluster (Ray Client, ray://).
@@ -498,6 +507,12 @@ class RayEngine:
         if budget is not None and result.finished < budget and not spec.budget.minutes:
             result = dataclasses.replace(result, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
         return result
+
+
+def _checkpoints_kept(spec: SweepSpec) -> int:
+    """The last epoch's checkpoint resumes a trial; PBT clones a donor's checkpoint from its
+    last perturbation, up to `interval_epochs` reports back."""
+    return spec.pruner.interval_epochs + 2 if spec.pruner.name == "pbt" else 1
 
 
 class _Ledger:

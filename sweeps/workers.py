@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from search_spaces import SweepSpec
 
 from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import HEARTBEAT_S, _open, counts_toward_budget, open_study, prepare, summary, work
+from .optuna_engine import (HEARTBEAT_S, _open, check_runs_on_optuna, counts_toward_budget, open_study, prepare,
+                            summary, work)
 from .progress import Progress
 
 POLL_S = 1.0        # the progress view reads the storage this often
@@ -52,6 +53,7 @@ def join(spec: SweepSpec, storage: str, run_dir: str | Path = "runs", threads: i
     The worker that creates the study prepares it; the others only pop.
     It prints a line per trial it finishes (no progress bar: the other workers' trials count too).
     """
+    check_runs_on_optuna(spec)
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -122,6 +122,42 @@ def test_asha_stops_a_config_that_cannot_learn(write_spec, tmp_path):
     assert pruned[0].last_step == len(pruned[0].user_attrs["curve.0"]) < 4
 
 
+def test_pbt_clones_the_best_trials_and_perturbs_the_continuous_parameters_within_their_bounds(write_spec, tmp_path):
+    low, high = 1.0e-4, 0.5
+    spec = tiny_spec(budget={"trials": 4}, sampler={"name": "random", "seed": 3},
+                     pruner={"name": "pbt", "warmup_epochs": 1, "interval_epochs": 1, "quantile": 0.5},
+                     space={"optim.lr": {"loguniform": [low, high]}, "train.batch_size": {"choice": [32, 64]}})
+    spec["base"]["train"]["epochs"] = 4
+    spec_obj, url, summary = run(write_spec, tmp_path, spec, workers=2)
+    assert summary.finished == 4 and not summary.interrupted
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    for t in trials:
+        assert low <= t.params["optim.lr"] <= high and t.params["train.batch_size"] in (32, 64)
+        assert t.user_attrs["config"]["optim"]["lr"] == t.params["optim.lr"]
+        assert [c["epoch"] for c in t.user_attrs["curve.0"]] == [1, 2, 3, 4]  # a clone continues its donor's curve
+    explored = [t for t in trials if "pbt_history" in t.user_attrs]
+    assert explored, "PBT exploited no trial"
+    for t in explored:
+        history = t.user_attrs["pbt_history"]
+        assert history[0]["epoch"] == 0 and any(h["epoch"] > 0 for h in history)
+        restarts = [h for h in history if h["epoch"] > 0]
+        assert restarts[-1]["params"]["optim.lr"] == pytest.approx(t.params["optim.lr"])
+        assert all(low <= h["params"]["optim.lr"] <= high for h in history)
+        assert t.params["train.batch_size"] in (32, 64)  # discrete parameters are cloned, not perturbed
+
+
+def test_pbt_is_refused_where_it_cannot_run(write_spec, tmp_path):
+    pbt = {"name": "pbt"}
+    with pytest.raises(sweeps.SweepError, match="pbt runs on the Ray engine only"):
+        run(write_spec, tmp_path, tiny_spec(pruner=pbt), engine="optuna")
+    with pytest.raises(sweeps.SweepError, match="this space has none"):
+        run(write_spec, tmp_path, tiny_spec(pruner=pbt, space={"train.batch_size": {"choice": [32, 64]}}))
+    with pytest.raises(sweeps.SweepError, match="pruner.quantile"):
+        run(write_spec, tmp_path, tiny_spec(pruner={**pbt, "quantile": 0.7}))
+    assert not list(tmp_path.glob("*/*.db"))  # refused before anything was stored
+
+
 def _finished(db) -> list[tuple[str, str]]:
     """(state, ray trial id) of every trial in the study."""
     try:
