@@ -221,6 +221,8 @@ def test_lr_bins_and_the_kinds_a_frame_fits():
     assert binned.nunique() == 4 and binned.is_monotonic_increasing
     assert binned.iloc[0] == pytest.approx(10 ** -3.5) and binned.iloc[-1] == pytest.approx(10 ** -0.5)
     assert lr_bins(pd.Series([0.1, 0.01, 0.1])).tolist() == [0.1, 0.01, 0.1]  # a grid stays as it is
+    with_zero = lr_bins(pd.concat([pd.Series([0.0, np.nan]), lr]), bins=4)
+    assert with_zero.iloc[0] == 0 and np.isnan(with_zero.iloc[1]) and with_zero.iloc[2:].nunique() == 4
     frame = hand_frame()
     assert kinds_for(frame) == ["ablation", "curves", "history", "importance", "linear_scaling", "lr",
                                 "lr_batch", "parallel"]
@@ -232,3 +234,7 @@ def test_lr_bins_and_the_kinds_a_frame_fits():
     with pytest.raises(FigureError, match="no complete run yet"):
         plot("history", frame[frame["state"] == "failed"])
     assert figures.problem(figures.KINDS.get("lr"), frame) is None
+    frame.loc[frame["trial"] == 1, "optim.lr"] = 0.0
+    fig = plot("lr", frame)
+    assert "2 runs with optim.lr <= 0" in fig.layout.annotations[0].text
+    assert sum(len(t.x) for t in fig.data) == len(frame) - 2

@@ -60,15 +60,16 @@ def epochs(frame, metric=None, by=None, spread="minmax"):
 
 def lr_bins(lr: pd.Series, bins: int = 6) -> pd.Series:
     """Each lr as itself when there are at most `bins` values (a grid), else the geometric centre of
-    its bin among `bins` equal bins of log10(lr)."""
-    values = lr.dropna()
-    if values.nunique() <= bins:
-        return lr.astype(float)
-    logs = np.log10(lr.astype(float))
-    edges = np.linspace(np.log10(values.min()), np.log10(values.max()), bins + 1)
-    index = np.clip(np.digitize(logs, edges[1:-1]), 0, bins - 1)
+    its bin among `bins` equal bins of log10(lr); an lr of 0 (or below) stays as it is."""
+    values = lr.to_numpy(dtype=float, copy=True)
+    positive = values > 0  # NaN and 0 stay as they are
+    if lr.nunique() <= bins or len(np.unique(values[positive])) < 2:
+        return pd.Series(values, index=lr.index)
+    logs = np.log10(values[positive])
+    edges = np.linspace(logs.min(), logs.max(), bins + 1)
     centres = 10 ** ((edges[:-1] + edges[1:]) / 2)
-    return pd.Series(np.where(lr.isna(), np.nan, centres[index]), index=lr.index)
+    values[positive] = centres[np.clip(np.digitize(logs, edges[1:-1]), 0, bins - 1)]
+    return pd.Series(values, index=lr.index)
 
 
 @KINDS.register("lr_batch", needs=("optim.lr", "train.batch_size"))
@@ -99,7 +100,7 @@ def lr(frame, metric=None, by=None):
     metric = pick_metric(frame, metric)
     color = by or "state"
     check_column(frame, color)
-    runs = frame[frame["optim.lr"].notna()]
+    runs = frame[frame["optim.lr"] > 0]  # a log axis has no place for lr 0 (and NaN is a conditional lr)
     has, lost = runs[runs[metric].notna()], runs[runs[metric].isna()]
     fig = go.Figure()
     for name, g in has.groupby(color, sort=True, dropna=False):
@@ -113,4 +114,8 @@ def lr(frame, metric=None, by=None):
             hovertext=[f"trial {t} {s}: {e if isinstance(e, str) else ''}"
                        for t, s, e in zip(lost["trial"], lost["state"], lost["error"])]))
     fig.update_xaxes(type="log")
+    zero = int((frame["optim.lr"] <= 0).sum())
+    if zero:
+        fig.add_annotation(text=f"not on the log axis: {zero} runs with optim.lr <= 0", xref="paper",
+                           yref="paper", x=0, y=1.06, showarrow=False, xanchor="left")
     return layout(fig, f"{metric} vs learning rate", "optim.lr", metric)

@@ -102,7 +102,10 @@ def importance(frame, metric=None, by=None, study=None):
         None if len(cfg) >= 2 else f"importance needs at least 2 complete trials with {metric}, it has {len(cfg)}")
     if problem:
         raise FigureError(problem)
-    study = study or open_study(frame.attrs["name"], frame.attrs.get("storage"))
+    if study is None:
+        if "name" not in frame.attrs:
+            raise FigureError("importance needs the sweep's study; fix: pass study=analysis.load.open_study(NAME)")
+        study = open_study(frame.attrs["name"], frame.attrs.get("storage"))
     values = dict(zip(cfg["trial"], cfg["median"]))
     mode = mode_of(frame, metric)
     # A copy whose values are the frame's medians, so the metric may be any column and seeds count once.
@@ -116,7 +119,7 @@ def importance(frame, metric=None, by=None, study=None):
     finally:
         optuna.logging.set_verbosity(level)
     wanted = {p for p in params_of(frame) if varied(frame, p)}
-    shared = set.intersection(*(set(t.params) for t in copy.trials))
+    shared = set.intersection(*(set(t.params) for t in copy.trials)) if copy.trials else set()
     names = sorted(n for n in shared if n.split("[", 1)[0] in wanted)
     if len(names) < 2:
         raise FigureError(f"importance needs at least 2 varied parameters present in every complete trial, "
