@@ -99,6 +99,25 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from pathlib import Path
+
+    import analysis
+    from analysis import figures
+    figures.KINDS.get(args.kind)  # an unknown kind fails before the sweep is read
+    frame = analysis.load(args.sweep, args.storage, args.dir)
+    try:
+        fig = figures.plot(args.kind, frame, metric=args.metric, by=args.by)
+    except figures.FigureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(out, include_plotlyjs=True, full_html=True)  # plotly.js inline: opens offline
+    print(out)
+    return 0
+
+
 def _parse_sets(sets: list[str]) -> dict:
     from trainable import ConfigError
     out = {}
@@ -214,6 +233,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="test_error", help="metric summarised by --by (default test_error)")
     p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("plot", help="one figure of the sweep as a standalone HTML file")
+    p.add_argument("sweep", help="sweep name or spec file")
+    p.add_argument("--kind", required=True, help="linear_scaling, lr_batch, lars_vs_sgd, ablation, curves, "
+                   "epochs, lr, parallel, importance or history")
+    p.add_argument("--out", help="HTML file to write (default: DIR/NAME-KIND.html)")
+    p.add_argument("--by", help="column to group lines or bars by (e.g. variant, optim.name)")
+    p.add_argument("--metric", help="metric to plot (default test_error; the objective's for history "
+                   "and importance; val_error for curves)")
+    _where(p)
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("train", help="run one trial without an engine")
     _set_args(p, "trial-config keys")

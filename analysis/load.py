@@ -101,6 +101,7 @@ def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAU
         if col != "error":
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame.attrs["name"] = study.study_name
+    frame.attrs["storage"] = resolve(study.study_name, storage, directory)  # for curves and the study
     frame.attrs["params"] = list(param_keys)
     frame.attrs["spec"] = study.user_attrs.get("spec", {})
     return frame
