@@ -45,6 +45,8 @@ class Pruner:
 class Resources:
     cpu: float = opt(1.0, "CPU cores per trial")
     gpu: float = opt(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+    isolate: str = opt("auto", "auto | always | never: each trial in a fresh process (auto: trials on a GPU, "
+                              "so no allocator state leaks from one trial into the next)", ("auto", "always", "never"))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from search_spaces.dists import Choice, Fixed, Grid, Int, LogUniform, Uniform
 from trainable import TrialError, to_dict
 from trainable.registry import Registry
 
+from . import isolated
 from .base import ENGINES, RunOptions, RunSummary, SweepError
 from .progress import Progress
 from .same_length import SameLengthPruner, varies_epochs
@@ -352,7 +353,7 @@ def _objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict
 
         try:
             return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,),
-                             checkpoint_dir=checkpoints)
+                             checkpoint_dir=checkpoints, isolate=isolated.wanted(spec, values))
         except TrialError as e:
             trial.set_user_attr("error", str(e))
             raise

@@ -82,7 +82,7 @@ from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_stu
 from .progress import Progress
 from .trial import RUN_KEYS, median_metrics, run_seeds, versions
 
-REUSE_ACTORS: bool | None = None   # None: reuse on CPU-only trials (tests and measurements override it)
+REUSE_ACTORS: bool | None = None   # None: as resources.isolate says (tests and measurements override it)
 PATH_KEYS = ("data.root", "train.teacher", "train.save_model")  # resolved against the driver's folder
 GRID_CYCLES_UNBUDGETED = 100       # grid cycles queued when only budget.minutes bounds the sweep
 
@@ -283,6 +283,7 @@ class _Recorder:
         self.versions: dict[str, dict] = {}
         self.workers: dict[str, str] = {}
         self.params: dict[str, list[dict]] = {}  # the params a trial (re)started with, by epoch (PBT changes them)
+        self.keep_checkpoints = spec.pruner.name == "pbt"  # a finished donor's may still be cloned
         self.events = 0  # results seen here: none when Tune's loop runs on the cluster (a ray:// address)
 
     def result(self, trial_id: str, result: dict) -> None:
@@ -350,6 +351,11 @@ class _Recorder:
         self.progress.trial_done(self.study, added)
 
 
+    def drop_checkpoints(self, path: str | None) -> None:
+        if not self.keep_checkpoints:
+            _drop_checkpoints(path)
+
+
 def _rebuild(spec: SweepSpec, config: dict[str, Any]):
     """Values, params, Optuna distributions and fixed.* attrs of a Ray trial's config: `sample`
     once more on an in-memory trial with the config enqueued, so they match the search exactly
@@ -393,12 +399,12 @@ class _Callback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
             _ACTIVE.finished(trial.trial_id, trial.config, dict(trial.last_result or {}))
-            _drop_checkpoints(trial.path)
+            _ACTIVE.drop_checkpoints(trial.path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
             _ACTIVE.finished(trial.trial_id, trial.config, dict(trial.last_result or {}), _ray_error(trial))
-            _drop_checkpoints(trial.path)
+            _ACTIVE.drop_checkpoints(trial.path)
 
 
 def _drop_checkpoints(path: str | None) -> None:
@@ -467,7 +473,7 @@ class RayEngine:
             trainable = tune.with_resources(
                 tune.with_parameters(train_trial, spec=_absolute(spec, os.getcwd()), cwd=os.getcwd()),
                 {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-            reuse = REUSE_ACTORS if REUSE_ACTORS is not None else spec.resources.gpu == 0
+            reuse = REUSE_ACTORS if REUSE_ACTORS is not None else _reuse_actors(spec)
             with _env(RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_STRICT_METRIC_CHECKING="1",
                       TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0"), _quiet_logs():
                 if restore:
@@ -496,6 +502,8 @@ class RayEngine:
                                      if str(result.error).strip() else "ray: the trial failed")
                 elif FINAL in metrics or (remote and metrics.get("epoch")):
                     _ACTIVE.finished(metrics["trial_id"], result.config, metrics)
+                if spec.pruner.name == "pbt" and (result.error is not None or FINAL in metrics):
+                    _drop_checkpoints(result.path)  # kept for clones until the population ended
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -509,10 +517,18 @@ class RayEngine:
         return result
 
 
-def _checkpoints_kept(spec: SweepSpec) -> int:
-    """The last epoch's checkpoint resumes a trial; PBT clones a donor's checkpoint from its
-    last perturbation, up to `interval_epochs` reports back."""
-    return spec.pruner.interval_epochs + 2 if spec.pruner.name == "pbt" else 1
+def _reuse_actors(spec: SweepSpec) -> bool:
+    """Reuse an actor for the next trial unless trials are isolated (resources.isolate; auto:
+    trials on a GPU get a fresh actor each, so no CUDA allocator state leaks between them)."""
+    how = spec.resources.isolate
+    return how == "never" or (how == "auto" and spec.resources.gpu == 0)
+
+
+def _checkpoints_kept(spec: SweepSpec) -> int | None:
+    """The last epoch's checkpoint resumes a trial. PBT keeps them all: a clone waiting for
+    a free slot restores its donor's checkpoint from the donor's last perturbation, however
+    far the donor has gone on since (they are removed when the experiment ends)."""
+    return None if spec.pruner.name == "pbt" else 1
 
 
 class _Ledger:

@@ -42,7 +42,7 @@ def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
               on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
-              checkpoint_dir: str | Path | None = None, save_first: bool = False) -> float:
+              checkpoint_dir: str | Path | None = None, save_first: bool = False, isolate: bool = False) -> float:
     """Train `values` once per seed, side by side; the objective is the median over seeds.
 
     `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
@@ -51,7 +51,11 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     from its checkpoint there and the folder is removed once the trial ends;
     `save_first` writes the epoch's checkpoints before on_epoch (Ray attaches
     them to its report), else after it (the Optuna engine records first).
+    With `isolate` it all runs in a fresh process (isolated.py).
     """
+    if isolate:
+        from .isolated import run_seeds_isolated
+        return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first)
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
     paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
     runs: list[Training] = []

@@ -1,0 +1,106 @@
+"""A trial in a process of its own, driven from the engine's process.
+
+On a GPU every trial leaves state behind in its process: the caching
+allocator's blocks, cuDNN's autotuned plans, a fragmented heap after an
+out-of-memory error. A fresh (spawned) process per trial starts each one on
+a clean device. The child runs `run_seeds`; each epoch's metrics come back
+over a pipe, and the engine's answer (go on, or pruned) goes back, so the
+engine's pruner, storage and heartbeat stay in the parent.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SweepSpec
+from trainable import TrialError
+
+ISOLATE = ("auto", "always", "never")
+
+
+def wanted(spec: SweepSpec, values: Mapping[str, Any]) -> bool:
+    """Whether this trial runs in its own process: always, never, or (auto) when it trains on a GPU."""
+    how = spec.resources.isolate
+    if how != "auto":
+        return how == "always"
+    if spec.resources.gpu > 0:
+        return True
+    import torch
+    device = spec.config(dict(values)).train.device
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+class _Pruned(Exception):
+    """The parent's pruner stopped the trial."""
+
+
+def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool) -> None:
+    from .trial import run_seeds
+
+    def on_epoch(epoch, per_seed):
+        conn.send(("epoch", epoch, [dict(m) for m in per_seed]))
+        if conn.recv() == "prune":
+            raise _Pruned
+
+    try:
+        value = run_seeds(spec, values, on_epoch, lambda rows: conn.send(("runs", rows)), pruned=(_Pruned,),
+                          checkpoint_dir=checkpoint_dir, save_first=save_first)
+        conn.send(("done", value))
+    except _Pruned:
+        conn.send(("pruned",))
+    except TrialError as e:
+        conn.send(("failed", str(e)))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent handles it
+        pass
+    except BaseException as e:  # a bug: its text goes to the engine, which records it
+        conn.send(("bug", f"{type(e).__name__}: {e}"))
+
+
+def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable,
+                       on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...],
+                       checkpoint_dir: str | Path | None, save_first: bool) -> float:
+    """`run_seeds` in a spawned process, with the same callbacks and outcomes."""
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(
+        target=_child, args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first),
+        daemon=True, name="sweep-trial")
+    proc.start()
+    child.close()
+    stopped: BaseException | None = None
+    try:
+        while True:
+            if not parent.poll(0.5):
+                if not proc.is_alive():
+                    raise TrialError(f"the trial's process died (exit code {proc.exitcode})")
+                continue
+            try:
+                kind, *rest = parent.recv()
+                if kind == "epoch":
+                    try:
+                        on_epoch(*rest)
+                        parent.send("go")
+                    except pruned as e:
+                        stopped = e
+                        parent.send("prune")
+                    continue
+            except (EOFError, OSError):  # the pipe broke: the child is gone
+                proc.join(5)
+                raise TrialError(f"the trial's process died (exit code {proc.exitcode})") from None
+            if kind == "runs":
+                on_run(rest[0])
+            elif kind == "done":
+                return rest[0]
+            elif kind == "pruned" and stopped is not None:
+                raise stopped
+            elif kind == "failed":
+                raise TrialError(rest[0])
+            else:
+                raise RuntimeError(rest[0] if rest else f"unexpected message {kind!r} from the trial's process")
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        parent.close()
