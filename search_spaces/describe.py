@@ -21,9 +21,12 @@ def describe(spec: SweepSpec) -> str:
         "parameters:" if spec.space else "parameters: none (every trial runs the base config)",
     ]
     width = max((len(p.key) for p in spec.space), default=0)
-    for p in spec.space:
-        cond = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
-        lines.append(f"  {p.key:<{width}}  {p.dist.describe()}{cond}")
+    sampled, derived = [p for p in spec.space if not p.derived], [p for p in spec.space if p.derived]
+    for header, params in (("", sampled), ("derived (computed per trial, not sampled):", derived)):
+        lines += [header] if header and params else []
+        for p in params:
+            cond = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
+            lines.append(f"  {p.key:<{width}}  {p.dist.describe()}{cond}")
     if spec.variants:
         lines.append("variants:")
         lines += [f"  {name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "(the base)")

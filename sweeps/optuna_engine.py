@@ -98,13 +98,24 @@ def _(dist: Fixed, trial, name):
     return trial.suggest_categorical(name, [value])
 
 
-def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
-    """Values for every active parameter, conditions resolved in order."""
+def suggested(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
+    """Values for every active sampled parameter, conditions resolved in order."""
     values: dict[str, Any] = {}
     for p in spec.space:
-        if p.active(values):
+        if not p.derived and p.active(values):
             values[p.key] = suggest(p.dist, trial, p.name)
     return values
+
+
+def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
+    """Values for every active parameter, derived keys last. A derived value is no Optuna
+    parameter (nothing samples it), so it is recorded as the "derived.<key>" user attr.
+    Raises ConfigError (a TrialError) naming a derived key that cannot be computed."""
+    values = suggested(spec, trial)
+    derived = spec.derived(values)
+    for key, value in derived.items():
+        trial.set_user_attr(f"derived.{key}", value)
+    return {**values, **derived}
 
 
 # ---- study bookkeeping ---------------------------------------------------
@@ -309,7 +320,19 @@ def _objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
         trial.set_user_attr("worker", worker_id())
-        values = sample(spec, trial)
+        try:
+            return run(trial)
+        except TrialError as e:
+            trial.set_user_attr("error", str(e))
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # a bug: record it so a resume does not retry it forever
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            raise
+
+    def run(trial: optuna.Trial) -> float:
+        values = sample(spec, trial)  # a derive that cannot be computed fails the trial with its reason
         trial.set_user_attr("config", to_dict(spec.config(values)))
         trial.set_user_attr("versions", versions())
         progress.trial_started(trial.number, values)
@@ -333,17 +356,7 @@ def _objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict
         def on_run(runs):
             trial.set_user_attr("runs", runs)
 
-        try:
-            return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,),
-                             checkpoint_dir=checkpoints)
-        except TrialError as e:
-            trial.set_user_attr("error", str(e))
-            raise
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:  # a bug: record it so a resume does not retry it forever
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            raise
+        return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,), checkpoint_dir=checkpoints)
 
     return objective
 

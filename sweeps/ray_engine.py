@@ -79,7 +79,7 @@ from trainable import TrialError, to_dict
 from trainable.config import with_key
 
 from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, summary
+from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, suggested, summary
 from .progress import Progress
 from .trial import RUN_KEYS, median_metrics, run_seeds, versions
 
@@ -190,7 +190,7 @@ class _Space:
         self.spec = spec
 
     def __call__(self, trial) -> None:
-        sample(self.spec, trial)  # the params are captured by their Optuna names
+        suggested(self.spec, trial)  # the params are captured by their Optuna names; derives come in the trial
 
 
 _DEADLINE: float | None = None  # wall clock after which no new trial starts (budget.minutes)
@@ -350,8 +350,11 @@ def _rebuild(spec: SweepSpec, params: dict[str, Any]):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(dict(params))
     trial = study.ask()
-    values = sample(spec, trial)
-    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
+    try:
+        values = sample(spec, trial)
+    except TrialError:  # a derive that failed: the trial's error names it; its sampled values stand
+        values = suggested(spec, trial)
+    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith(("fixed.", "derived."))}
     return values, dict(trial.distributions), fixed
 
 
