@@ -101,8 +101,8 @@ def _call(node, names) -> Evaluate:
         raise ExprError(f"unknown function {name!r}", _choices(name, FUNCTIONS))
     fn, low, high = FUNCTIONS[name]
     if node.keywords or not low <= len(node.args) <= high:
-        count = str(low) if low == high else f"{low} to {high}"
-        raise ExprError(f"{name}() takes {count} arguments, got {ast.unparse(node)!r}",
+        count = (str(low) if low == high else f"{low} to {high}") + (" argument" if high == 1 else " arguments")
+        raise ExprError(f"{name}() takes {count}, got {ast.unparse(node)!r}",
                         f"call {name} with {count} plain arguments")
     args = [_compile(a, names) for a in node.args]
     return lambda lookup: fn(*(a(lookup) for a in args))
@@ -134,7 +134,8 @@ def compile_expr(text: str) -> tuple[Evaluate, tuple[str, ...]]:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExprError(f"not a valid expression: {e.msg} at column {e.offset} of {text!r}",
+        at = f" at column {e.offset}" if e.offset else ""
+        raise ExprError(f"not a valid expression: {e.msg}{at} of {text!r}",
                         'write arithmetic such as "0.1 * train.batch_size / 128"') from None
     names: list[str] = []
     return _compile(tree.body, names), tuple(dict.fromkeys(names))

@@ -135,7 +135,7 @@ MALFORMED = [
      "did you mean 'train.batch_size'"),
     ("name_not_numeric", '  optim.lr: {derive: "model.name * 2"}\n', "optim.lr", 4, "not a number"),
     ("unknown_function", '  optim.lr: {derive: "sqr(train.batch_size)"}\n', "optim.lr", 4, "did you mean 'sqrt'"),
-    ("function_arity", '  optim.lr: {derive: "sqrt(1, 2)"}\n', "optim.lr", 4, "takes 1 arguments"),
+    ("function_arity", '  optim.lr: {derive: "sqrt(1, 2)"}\n', "optim.lr", 4, "sqrt() takes 1 argument, got"),
     ("code_is_refused", '  optim.lr: {derive: "__import__(\'os\').getpid()"}\n', "optim.lr", 4, "unknown function"),
     ("attribute_of_call", '  optim.lr: {derive: "min(1, 2).real"}\n', "optim.lr", 4, "cannot read"),
     ("comparison", '  optim.lr: {derive: "train.batch_size > 64"}\n', "optim.lr", 4, "is not allowed"),
