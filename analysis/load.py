@@ -104,6 +104,7 @@ def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAU
     frame.attrs["name"] = study.study_name
     frame.attrs["params"] = list(param_keys)
     frame.attrs["spec"] = study.user_attrs.get("spec", {})
+    frame.attrs["reference"] = study.user_attrs.get("reference", [])  # rows as fractions (with_reference)
     return frame
 
 

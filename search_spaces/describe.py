@@ -31,6 +31,13 @@ def describe(spec: SweepSpec) -> str:
         lines.append("variants:")
         lines += [f"  {name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "(the base)")
                   for name, values in spec.variants.items()]
+    if spec.reference:
+        lines.append("reference (published results, in percent):")
+        for r in spec.reference:
+            names = ", ".join(f"{k}={v}" for k, v in r.match + r.constant) or "(every config)"
+            results = ", ".join(f"{m} {100 * v:.4g} %" for m, v in r.metrics)
+            extra = "".join(f", {x}" for x in (f"{r.epochs} epochs" if r.epochs else "", r.note, r.source) if x)
+            lines.append(f"  {names}: {results}{extra}")
     default, base = flatten(to_dict(TrialConfig())), flatten(to_dict(spec.base))
     changed = {k: v for k, v in base.items() if default[k] != v}
     lines.append("base (changed from the defaults):" if changed else "base: the defaults")

@@ -20,6 +20,7 @@ from trainable.errors import ConfigError
 
 from .dists import DISTRIBUTIONS, EXTRA_KEYS, Fixed, Grid, possible_values
 from .errors import SpecError, Where
+from .reference import parse_reference
 from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpec
 
 BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
@@ -150,10 +151,7 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
     presets = raw.get("presets") or {}
     if not isinstance(presets, dict):
         raise where.error(("presets",), "presets is a mapping of name: {key: value}", "write presets: {cpu: {...}}")
-    reference = raw.get("reference") or []
-    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
-        raise where.error(("reference",), "reference is a list of rows (mappings)",
-                          "write reference: [{model: ..., test_error: ...}]")
+    reference = parse_reference(raw.get("reference"), base, space, variants, where)
     return SweepSpec(name=name, source=where.source, engine=engine, seeds=seeds, base=base, space=space,
                      variants=variants, presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
 

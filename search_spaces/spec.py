@@ -89,7 +89,7 @@ class SweepSpec:
     space: tuple[Param, ...] = ()
     variants: dict = field(default_factory=dict, compare=False)  # name -> {config key: value}
     presets: tuple[str, ...] = ()
-    reference: tuple = ()
+    reference: tuple = ()  # Reference rows (search_spaces.reference), metrics as fractions
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # after presets and --set
 
     @property

@@ -257,6 +257,8 @@ def _open(spec: SweepSpec, url: str, worker: bool = False) -> tuple[optuna.Study
         study.set_user_attr("engine", "optuna")
     if created or not worker:
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))  # budget may have grown
+        # Validated, in fractions: `sweep table NAME` compares with them without the spec file.
+        study.set_user_attr("reference", json.loads(json.dumps([r.as_dict() for r in spec.reference], default=str)))
     # Offset the sampler seed by the trials already run, so a resumed random
     # search continues instead of replaying its first samples; workers also
     # by who they are, so that workers started together draw different values.
