@@ -92,7 +92,7 @@ def cmd_table(args) -> int:
     objective = frame.attrs.get("spec", {}).get("objective") or {}
     if args.by is not None or args.summary:
         by = [c for c in (args.by or "").split(",") if c]
-        table = analysis.summary(frame, by or None, args.metric)
+        table = analysis.with_reference(analysis.summary(frame, by or None, args.metric), frame.attrs.get("reference"))
     else:
         table = analysis.trials_table(frame, objective.get("metric", "val_error"), objective.get("mode", "min"))
     print(analysis.render(table, args.format))

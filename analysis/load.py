@@ -62,9 +62,10 @@ def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """Sampled values by dotted key; an alternative's name 'key[cond]' folds into 'key'."""
-    fixed = {k[len("fixed."):]: v for k, v in t.user_attrs.items() if k.startswith("fixed.")}
-    return {k.split("[", 1)[0]: v for k, v in {**t.params, **fixed}.items()}
+    """Sampled, fixed and derived values by dotted key (the last two are user attrs: Optuna
+    cannot store a list, and a derived value is not sampled); 'key[cond]' folds into 'key'."""
+    attrs = {k.partition(".")[2]: v for k, v in t.user_attrs.items() if k.startswith(("fixed.", "derived."))}
+    return {k.split("[", 1)[0]: v for k, v in {**t.params, **attrs}.items()}
 
 
 def _base_seed(t) -> int:
@@ -104,6 +105,7 @@ def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAU
     frame.attrs["storage"] = resolve(study.study_name, storage, directory)  # for curves and the study
     frame.attrs["params"] = list(param_keys)
     frame.attrs["spec"] = study.user_attrs.get("spec", {})
+    frame.attrs["reference"] = study.user_attrs.get("reference", [])  # rows as fractions (with_reference)
     return frame
 
 

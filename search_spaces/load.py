@@ -15,11 +15,12 @@ from typing import Any
 
 import yaml
 
-from trainable.config import TrialConfig, check_choices, coerce, flatten, leaf_keys, unknown_key, with_key
+from trainable.config import TrialConfig, check_choices, coerce, leaf_keys, unknown_key, with_key
 from trainable.errors import ConfigError
 
 from .dists import DISTRIBUTIONS, EXTRA_KEYS, Fixed, Grid, possible_values
 from .errors import SpecError, Where
+from .reference import parse_reference
 from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpec
 
 BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
@@ -42,9 +43,10 @@ def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
                preset: str | None = None) -> SweepSpec:
+    twice: list[tuple] = []
     try:
         raw = yaml.safe_load(text)
-        lines = _lines(yaml.compose(text)) if raw is not None else {}
+        lines = _lines(yaml.compose(text), (), twice) if raw is not None else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise SpecError(source, mark.line + 1 if mark else None, "(yaml)",
@@ -53,6 +55,10 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
     if not isinstance(raw, dict):
         raise where.error((), f"a spec is a mapping of keys, got {type(raw).__name__}",
                           "start from spaces/quickstart.yaml")
+    if twice:  # YAML would silently keep only the last one
+        path, line = twice[0]
+        raise SpecError(source, line, ".".join(map(str, path)), "key given twice in one mapping",
+                        "keep one of them (a key takes one distribution, or a list of alternatives with when:)")
     raw = copy.deepcopy(raw)
     if preset is not None:
         presets = raw.get("presets") or {}
@@ -81,16 +87,19 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
     return _validate(raw, where)
 
 
-def _lines(node, path: tuple = ()) -> dict[tuple, int]:
+def _lines(node, path: tuple = (), twice: list | None = None) -> dict[tuple, int]:
+    """Each path's line; keys given twice in one mapping go to `twice` as (path, line)."""
     out = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             sub = path + (k.value,)
-            out.update(_lines(v, sub))
+            if sub in out and twice is not None:
+                twice.append((sub, k.start_mark.line + 1))
+            out.update(_lines(v, sub, twice))
             out[sub] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            out.update(_lines(v, path + (i,)))
+            out.update(_lines(v, path + (i,), twice))
     return out
 
 
@@ -133,8 +142,8 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         raise where.error(("seeds",), f"must be a positive integer, got {seeds!r}", "use seeds: 1 or more")
     blocks = {k: _block(cls, raw.get(k), (k,), where) for k, cls in BLOCKS.items()}
     base = _base(raw.get("base"), where)
-    variants = _variants(raw.get("variants"), base, where)
-    space = _space(raw.get("space"), base, where, variants)
+    variants, variant_derives = _variants(raw.get("variants"), base, where)
+    space = _space(raw.get("space"), base, where, variants, variant_derives)
     sampler = blocks["sampler"]
     if sampler.name == "grid":
         space = _as_grid(space, where)
@@ -142,10 +151,7 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
     presets = raw.get("presets") or {}
     if not isinstance(presets, dict):
         raise where.error(("presets",), "presets is a mapping of name: {key: value}", "write presets: {cpu: {...}}")
-    reference = raw.get("reference") or []
-    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
-        raise where.error(("reference",), "reference is a list of rows (mappings)",
-                          "write reference: [{model: ..., test_error: ...}]")
+    reference = parse_reference(raw.get("reference"), base, space, variants, where)
     return SweepSpec(name=name, source=where.source, engine=engine, seeds=seeds, base=base, space=space,
                      variants=variants, presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
 
@@ -186,11 +192,14 @@ def _base(raw, where: Where) -> TrialConfig:
         raise where.error(("base",), "base is a mapping of config sections", "write base: {train: {...}}")
     sections = {f.name for f in dataclasses.fields(TrialConfig)}
     cfg = TrialConfig()
-    for key, value in flatten(raw).items():
+    for key, value in _flat(raw).items():
         path = ("base", *key.split("."))
         if key in sections:
             raise where.error(path, f"{key} is a config section, got {value!r}", f"write {key}: {{key: value}}",
                               key=f"base.{key}")
+        if _is_derive(value):
+            raise where.error(path, "base holds fixed values; a derive is computed per trial",
+                              f"move it to space: {{{key}: {{derive: ...}}}}", key=f"base.{key}")
         try:
             cfg = with_key(cfg, key, value)
         except ConfigError as e:
@@ -198,34 +207,60 @@ def _base(raw, where: Where) -> TrialConfig:
     return cfg
 
 
-def _variants(raw, base: TrialConfig, where: Where) -> dict[str, dict[str, Any]]:
-    """Named sets of config values (an ablation's rows), crossed with the space as a grid."""
+def _is_derive(value) -> bool:
+    return isinstance(value, dict) and "derive" in value
+
+
+def _flat(tree: dict) -> dict[str, Any]:
+    """flatten, but a {derive: ...} mapping is one value (computed per trial), not a section."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not _is_derive(value):
+            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _variants(raw, base: TrialConfig, where: Where) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
+    """Named sets of config values (an ablation's rows), crossed with the space as a grid;
+    and the variants' derives as (key, variant, entry, path), which become space parameters."""
     if raw is None:
-        return {}
+        return {}, []
     if not isinstance(raw, dict) or not raw:
         raise where.error(("variants",), "variants is a mapping of name: {config.key: value}",
                           "write variants: {baseline: {}, cutout: {augment.cutout.size: 16}}")
-    out = {}
+    out, derives = {}, []
     for name, values in raw.items():
         path = ("variants", name)
         values = values or {}
         if not isinstance(values, dict):
             raise where.error(path, f"a variant is a mapping of config keys to values, got {values!r}",
                               "write e.g. {augment.cutout.size: 16}")
-        cfg = base
-        for key, value in flatten(values).items():
+        cfg, plain = base, {}
+        for key, value in _flat(values).items():
+            if _is_derive(value):
+                if set(value) != {"derive"}:
+                    raise where.error(path + (key,), "a variant's derive takes no other keys",
+                                      "write {derive: \"...\"}; the variant is its condition",
+                                      key=f"variants.{name}.{key}")
+                derives.append((key, str(name), value, path + (key,)))
+                continue
             try:
                 cfg = with_key(cfg, key, value)
             except ConfigError as e:
                 raise where.error(path + (key,), e.message, e.fix, key=f"variants.{name}.{key}") from None
-        out[str(name)] = flatten(values)
-    return out
+            plain[key] = value
+        out[str(name)] = plain
+    return out, derives
 
 
-def _space(raw, base: TrialConfig, where: Where, variants: dict | None = None) -> tuple[Param, ...]:
+def _space(raw, base: TrialConfig, where: Where, variants: dict | None = None,
+           variant_derives: list = ()) -> tuple[Param, ...]:
     variant = (Param("variant", Grid(tuple(variants))),) if variants else ()
-    if raw is None:
+    if raw is None and not variant_derives:
         return variant
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise where.error(("space",), "space is a mapping of config keys to distributions",
                           "write space: {optim.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
@@ -250,11 +285,31 @@ def _space(raw, base: TrialConfig, where: Where, variants: dict | None = None) -
                                   "add e.g. when: {model.name: wrn}", key=key)
     for (key, i), (path, cond) in whens.items():
         params[key][i] = dataclasses.replace(params[key][i], when=_when(params[key][i], path, cond, params, where))
+    _add_variant_derives(params, variants or {}, variant_derives, keys, where)
     for key, alts in params.items():
+        if len({p.derived for p in alts}) > 1:
+            raise where.error(("space", key), "a key is either derived or sampled, not both",
+                              "derive it under every condition, or sample it under every condition", key=key)
         if len(alts) > 1:
             _check_exclusive(key, alts, where)
             params[key] = [dataclasses.replace(p, alternative=True) for p in alts]
     return _ordered(params, where)
+
+
+def _add_variant_derives(params: dict[str, list[Param]], variants: dict, derives: list, keys,
+                         where: Where) -> None:
+    """A variant's `key: {derive: ...}` is a space derive under the condition `variant: name`;
+    a key a variant sets must not be derived for that variant too (the derive would win)."""
+    for key, name, entry, path in derives:
+        param = _entry(key, entry, path, keys, where)
+        params.setdefault(key, []).append(dataclasses.replace(param, when=(("variant", (name,)),)))
+    for name, values in variants.items():
+        for key in values:
+            for p in params.get(key, ()):
+                if p.derived and name in dict(p.when).get("variant", (name,)):
+                    raise where.error(("variants", name, key), f"space derives {key} for this variant too",
+                                      "drop one, or give the derive when: {variant: [...]} without this variant",
+                                      key=f"variants.{name}.{key}")
 
 
 def _entry(key: str, entry, path: tuple, keys, where: Where) -> Param:
@@ -309,6 +364,9 @@ def _when(mine: Param, path: tuple, cond, params: dict[str, list[Param]], where:
                               key=f"{key}.when")
         if other == key:
             raise where.error(path, "a parameter cannot depend on itself", "remove the condition", key=f"{key}.when")
+        if any(p.derived for p in params[other]):
+            raise where.error(path + (other,), f"{other} is derived, so a condition cannot name it",
+                              "condition on the keys it is derived from", key=f"{key}.when")
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         possible = _possible(params[other])
         if possible is None:
@@ -317,7 +375,7 @@ def _when(mine: Param, path: tuple, cond, params: dict[str, list[Param]], where:
         coerced = []
         for value in allowed:
             try:
-                value = coerce(other, leaf_keys()[other][0], value)
+                value = coerce(other, leaf_keys().get(other, (str,))[0], value)  # `variant` names are text
                 ok = value in possible
             except ConfigError:
                 ok = False
@@ -342,24 +400,30 @@ def _check_exclusive(key: str, alts: list[Param], where: Where) -> None:
 
 
 def _ordered(params: dict[str, list[Param]], where: Where) -> tuple[Param, ...]:
-    """Order parameters so every condition's target is sampled before it."""
+    """Order parameters so every condition's target, and every key a derive names, comes
+    before it; derives go after all sampled parameters (conditions never name a derive)."""
     done: dict[str, list[Param]] = {}
-    visiting: set[str] = set()
+    visiting: list[str] = []
 
     def visit(key):
         if key in done:
             return
         if key in visiting:
+            cycle = " -> ".join(visiting[visiting.index(key):] + [key])
+            if params[key][0].derived:
+                raise where.error(("space", key, "derive"), f"derives form a cycle: {cycle}",
+                                  "derive one of them from sampled or base keys only", key=key)
             raise where.error(("space", key, "when"), "conditions form a cycle", "make one parameter unconditional",
                               key=f"{key}.when")
-        visiting.add(key)
+        visiting.append(key)
         for p in params[key]:
-            for other, _ in p.when:
-                visit(other)
-        visiting.discard(key)
+            for other in p.needs:
+                if other in params:  # else a base key: always known
+                    visit(other)
+        visiting.pop()
         done[key] = params[key]
 
-    for key in params:
+    for key in sorted(params, key=lambda k: params[k][0].derived):
         visit(key)
     return tuple(p for alts in done.values() for p in alts)
 
@@ -367,6 +431,9 @@ def _ordered(params: dict[str, list[Param]], where: Where) -> tuple[Param, ...]:
 def _as_grid(space: tuple[Param, ...], where: Where) -> tuple[Param, ...]:
     out = []
     for p in space:
+        if p.derived:  # computed, not sampled: nothing to cross
+            out.append(p)
+            continue
         values = possible_values(p.dist)
         if values is None:
             raise where.error(("space", p.key), f"sampler grid cannot sample {p.dist.describe()}",

@@ -5,8 +5,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from trainable.config import TrialConfig, opt, with_key
+from trainable.config import TrialConfig, get_key, opt, with_key
+from trainable.errors import ConfigError
 
+from .derive import Derive, ExprError
 from .dists import Grid
 
 OBJECTIVE_METRICS = ("val_error", "best_val_error", "val_loss", "test_error", "train_loss")
@@ -67,6 +69,16 @@ class Param:
     def active(self, values: dict[str, Any]) -> bool:
         return all(k in values and values[k] in allowed for k, allowed in self.when)
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Keys to know first: the targets of its conditions and the keys its derive names."""
+        return tuple(k for k, _ in self.when) + (self.dist.names if self.derived else ())
+
+    @property
+    def derived(self) -> bool:
+        """Computed from other keys (`derive:`), never sampled by an engine."""
+        return isinstance(self.dist, Derive)
+
 
 @dataclass(frozen=True)
 class SweepSpec:
@@ -83,7 +95,7 @@ class SweepSpec:
     space: tuple[Param, ...] = ()
     variants: dict = field(default_factory=dict, compare=False)  # name -> {config key: value}
     presets: tuple[str, ...] = ()
-    reference: tuple = ()
+    reference: tuple = ()  # Reference rows (search_spaces.reference), metrics as fractions
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # after presets and --set
 
     @property
@@ -113,3 +125,24 @@ class SweepSpec:
         for key, value in values.items():
             cfg = with_key(cfg, key, value)
         return with_key(cfg, "train.seed", self.base.train.seed + seed_index)
+
+    def derived(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The derived keys whose conditions hold, computed from the config of the sampled `values`.
+
+        Derives come after every sampled parameter in `space` (and after the derives they
+        name), so one pass over them sees each input already set. Raises ConfigError (a
+        TrialError: the trial fails with this reason, the sweep goes on) naming the key.
+        """
+        out: dict[str, Any] = {}
+        cfg = None
+        for p in self.space:
+            if not p.derived or not p.active(values):
+                continue
+            cfg = cfg or self.config(values)
+            try:
+                value = p.dist.evaluate(lambda key: get_key(cfg, key))
+            except ExprError as e:
+                raise ConfigError(p.key, e.message, e.fix) from None
+            cfg = with_key(cfg, p.key, value)
+            out[p.key] = value
+        return out

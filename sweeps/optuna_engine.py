@@ -116,13 +116,24 @@ def _(dist: Fixed, trial, name):
     return trial.suggest_categorical(name, [value])
 
 
-def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
-    """Values for every active parameter, conditions resolved in order."""
+def suggested(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
+    """Values for every active sampled parameter, conditions resolved in order."""
     values: dict[str, Any] = {}
     for p in spec.space:
-        if p.active(values):
+        if not p.derived and p.active(values):
             values[p.key] = suggest(p.dist, trial, p.name)
     return values
+
+
+def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
+    """Values for every active parameter, derived keys last. A derived value is no Optuna
+    parameter (nothing samples it), so it is recorded as the "derived.<key>" user attr.
+    Raises ConfigError (a TrialError) naming a derived key that cannot be computed."""
+    values = suggested(spec, trial)
+    derived = spec.derived(values)
+    for key, value in derived.items():
+        trial.set_user_attr(f"derived.{key}", value)
+    return {**values, **derived}
 
 
 # ---- study bookkeeping ---------------------------------------------------
@@ -264,6 +275,8 @@ def _open(spec: SweepSpec, url: str, worker: bool = False) -> tuple[optuna.Study
         study.set_user_attr("engine", "optuna")
     if created or not worker:
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))  # budget may have grown
+        # Validated, in fractions: `sweep table NAME` compares with them without the spec file.
+        study.set_user_attr("reference", json.loads(json.dumps([r.as_dict() for r in spec.reference], default=str)))
     # Offset the sampler seed by the trials already run, so a resumed random
     # search continues instead of replaying its first samples; workers also
     # by who they are, so that workers started together draw different values.
@@ -327,7 +340,19 @@ def _objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
         trial.set_user_attr("worker", worker_id())
-        values = sample(spec, trial)
+        try:
+            return run(trial)
+        except TrialError as e:
+            trial.set_user_attr("error", str(e))
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # a bug: record it so a resume does not retry it forever
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            raise
+
+    def run(trial: optuna.Trial) -> float:
+        values = sample(spec, trial)  # a derive that cannot be computed fails the trial with its reason
         trial.set_user_attr("config", to_dict(spec.config(values)))
         trial.set_user_attr("versions", versions())
         progress.trial_started(trial.number, values)
@@ -351,17 +376,8 @@ def _objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict
         def on_run(runs):
             trial.set_user_attr("runs", runs)
 
-        try:
-            return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,),
-                             checkpoint_dir=checkpoints, isolate=isolated.wanted(spec, values))
-        except TrialError as e:
-            trial.set_user_attr("error", str(e))
-            raise
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:  # a bug: record it so a resume does not retry it forever
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            raise
+        return run_seeds(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,), checkpoint_dir=checkpoints,
+                         isolate=isolated.wanted(spec, values))
 
     return objective
 

@@ -78,7 +78,7 @@ from trainable.config import with_key
 
 from . import ray_pbt, ray_schedulers
 from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, summary
+from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, suggested, summary
 from .progress import Progress
 from .trial import RUN_KEYS, median_metrics, run_seeds, versions
 
@@ -131,7 +131,11 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
     for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" every epoch
         logging.getLogger(name).setLevel(logging.WARNING)
     metric = spec.objective.metric
-    values = _values(spec, config)
+    try:
+        values = _values(spec, config)
+    except TrialError as e:  # a derive that cannot be computed: the trial fails with its reason
+        tune.report({FINAL: 1, ERROR: str(e), metric: _worst(spec), "epoch": 0, VERSIONS: json.dumps(versions())})
+        return
     for key in PATH_KEYS:  # a sampled path, made absolute like the base's
         if isinstance(values.get(key), str) and not os.path.isabs(os.path.expanduser(values[key])):
             values[key] = os.path.join(cwd, values[key])
@@ -191,7 +195,7 @@ class _Space:
         self.spec = spec
 
     def __call__(self, trial) -> None:
-        sample(self.spec, trial)  # the params are captured by their Optuna names
+        suggested(self.spec, trial)  # the params are captured by their Optuna names; derives come in the trial
 
 
 _DEADLINE: float | None = None  # wall clock after which no new trial starts (budget.minutes)
@@ -363,8 +367,11 @@ def _rebuild(spec: SweepSpec, config: dict[str, Any]):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial(dict(config))
     trial = study.ask()
-    values = sample(spec, trial)
-    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
+    try:
+        values = sample(spec, trial)
+    except TrialError:  # a derive that failed: the trial's error names it; its sampled values stand
+        values = suggested(spec, trial)
+    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith(("fixed.", "derived."))}
     return values, dict(trial.params), dict(trial.distributions), fixed
 
 
