@@ -148,7 +148,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
         if (local / "curves.json").exists():
             curves = json.loads((local / "curves.json").read_text())
     first = {VERSIONS: json.dumps(versions()), CURVES: json.dumps(curves),  # sent once per (re)start
-             WORKER: f"{socket.gethostname()}:{os.getpid()}",
+             WORKER: f"{socket.gethostname()}:{os.getpid()} node {ray.get_runtime_context().get_node_id()[:12]}",
              PARAMS: json.dumps({"epoch": max((c["epoch"] for c in curves[0]), default=0) if curves else 0,
                                  "params": dict(config)})}  # PBT restarts a trial under new params
     runs: list[dict] = []
