@@ -93,8 +93,11 @@ def test_a_changed_space_on_the_same_storage_is_refused(write_spec, tmp_path):
 
 
 def _counts(db):
-    with sqlite3.connect(db) as con:
-        return dict(con.execute("select state, count(*) from trials group by state").fetchall())
+    try:
+        with sqlite3.connect(db) as con:
+            return dict(con.execute("select state, count(*) from trials group by state").fetchall())
+    except sqlite3.OperationalError:  # the file exists, its tables not yet
+        return {}
 
 
 def _running_has_an_epoch(db) -> bool:
