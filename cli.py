@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 
 import yaml
@@ -168,21 +166,39 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from analysis.report import ReportError, write
+    try:
+        out = write(args.sweep, args.out, args.storage, args.dir, top=args.top)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from analysis.load import open_study, sweep_name
     from sweeps.storage import resolve
     name = sweep_name(args.sweep)
     url = resolve(name, args.storage, args.dir)
     open_study(name, url)  # fails clearly if the sweep does not exist
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
         print("error: optuna-dashboard is not installed; fix: pip install optuna-dashboard", file=sys.stderr)
         return 2
+    # In this process (not a child that would outlive it when this one is terminated), on loopback only.
     print(f"dashboard for {name!r}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call([exe, url, "--host", "127.0.0.1", "--port", str(args.port)])
+        run_server(url, host="127.0.0.1", port=args.port)
     except KeyboardInterrupt:
-        return 0
+        pass
+    except OSError as e:  # the port is taken
+        print(f"error: cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}; fix: pass another --port",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -244,6 +260,14 @@ def parser() -> argparse.ArgumentParser:
                    "and importance; val_error for curves)")
     _where(p)
     p.set_defaults(fn=cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML file: spec, status, best trials, tables, "
+                       "failures and every figure that fits")
+    p.add_argument("sweep", help="sweep name or spec file")
+    p.add_argument("--out", help="HTML file to write (default: DIR/NAME-report.html)")
+    p.add_argument("--top", type=int, default=10, help="best trials listed (default 10)")
+    _where(p)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("train", help="run one trial without an engine")
     _set_args(p, "trial-config keys")

@@ -22,6 +22,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
         || echo "note: could not install postgresql; the PostgreSQL worker tests will be skipped"
 fi
 
+# Chromium and its WebDriver for the headless-browser test of `sweep report`
+# (tests/test_report.py); it is skipped, saying why, without them.
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+        || echo "note: could not install chromium; the browser test of the report will be skipped"
+fi
+
 PIP="python3 -m pip"
 # torch first, pinned to the releases this project is tested with (pip finds
 # them in a local wheel cache where one is configured).
