@@ -3,6 +3,7 @@ driven through `sweep run --address`."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,14 +30,16 @@ def cluster(tmp_path):
     if ray is None:
         pytest.skip("the `ray` command is not on PATH (pip install 'ray[tune]')")
     address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's clusters authenticate with a token: one for the head, the node and the sweep's driver.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     common = ["--num-cpus=1", "--disable-usage-stats"]
     try:
         subprocess.run([ray, "start", "--head", f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1",
                         "--include-dashboard=false", *common], check=True, env=env, capture_output=True, timeout=120)
         subprocess.run([ray, "start", f"--address={address}", "--node-ip-address=127.0.0.1", *common],
                        check=True, env=env, capture_output=True, timeout=120)
-        yield address
+        yield address, env
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
@@ -47,9 +50,10 @@ def test_a_sweep_runs_on_a_two_node_cluster_through_address(cluster, write_spec,
     spec["base"]["train"]["epochs"] = 3
     path = write_spec(spec)
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(path), "--engine", "ray", "--address", cluster,
-                           "--workers", "2", "--dir", str(runs), "--quiet"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    address, env = cluster
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(path), "--engine", "ray", "--address",
+                           address, "--workers", "2", "--dir", str(runs), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = optuna.load_study(study_name="cluster", storage=f"sqlite:///{runs}/cluster.db").trials
     assert sorted(t.params["optim.lr"] for t in trials) == [0.02, 0.05, 0.1, 0.2]
