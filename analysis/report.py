@@ -18,7 +18,7 @@ from . import figures
 from .figures.base import objective, per_config, varied
 from .load import load, open_study, sweep_name
 from .status import _trial_state
-from .tables import summary, trials_table
+from .tables import summary, trials_table, with_reference
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -130,8 +130,10 @@ def grouping(frame: pd.DataFrame) -> list[str] | None:
 def summary_html(frame: pd.DataFrame) -> str:
     by = grouping(frame)
     shown = ", ".join(by) if by else "every sampled parameter"
-    note = f'<p class="note">median and standard deviation over the complete runs of each {esc(shown)}</p>'
-    return note + table_html(summary(frame, by))
+    note = f'<p class="note">median and standard deviation over the complete runs of each {esc(shown)}'
+    if frame.attrs.get("reference"):
+        note += "; ref_ columns: the published result the spec reproduces, diff_: ours minus it"
+    return note + "</p>" + table_html(with_reference(summary(frame, by), frame.attrs.get("reference")))
 
 
 def failures_html(frame: pd.DataFrame) -> str:

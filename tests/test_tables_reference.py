@@ -146,3 +146,14 @@ def test_sweep_table_by_variant_shows_the_reference_from_the_name_alone(tmp_path
     assert table.loc["baseline", "ref_test_error"] == pytest.approx(0.0504)
     assert table.loc["baseline", "diff_test_error"] == pytest.approx(0.053 - 0.0504)
     assert table.loc["cutout", "test_error_median"] == pytest.approx(0.043)
+
+
+def test_the_report_summary_shows_the_reference_beside_the_medians():
+    from analysis.report import summary_html
+    frame = _frame()
+    frame.attrs["reference"] = _reference(ROWS)
+    html = summary_html(frame)
+    assert "ref_test_error" in html and "diff_test_error" in html and "ours minus it" in html
+    assert "0.0504" in html  # the baseline's published 5.04 %
+    frame.attrs["reference"] = []
+    assert "ref_test_error" not in summary_html(frame)
