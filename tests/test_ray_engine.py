@@ -64,6 +64,14 @@ def test_ray_sweep_fills_the_study_like_the_optuna_engine(write_spec, tmp_path):
     long = analysis.curves(spec_obj, url)
     assert set(long["trial"]) == {0, 1, 2} and {"val_error", "train_loss", "lr"} <= set(long["metric"])
 
+    # Figures and the report read a Ray sweep as they read an Optuna one.
+    from analysis import figures
+    from analysis.report import report
+    drawn = {kind: figures.plot(kind, frame) for kind in figures.kinds_for(frame)}
+    assert {"lr", "curves", "history"} <= set(drawn) and all(fig.data for fig in drawn.values())
+    page, count = report(spec_obj, url)
+    assert count == len(drawn) and "on ray" in page
+
     # The same spec on the Optuna engine gives the same frame layout.
     optuna_spec, optuna_url, _ = run(write_spec, tmp_path, spec, engine="optuna")
     reference = analysis.load(optuna_spec, optuna_url)
