@@ -13,6 +13,7 @@ beat one trial on all of them (../shared/MEASUREMENTS.md: about 22%).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import signal
@@ -83,6 +84,15 @@ def _child() -> int:
         return 130
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when `sweep run` dies, even by SIGKILL, so a killed run
+    leaves no workers behind (their trials in flight are retried by the next run)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers outlive a killed parent, finishing the sweep
+        pass
+
+
 def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     """`sweep run --workers N`: prepare, start N workers, show their progress, wait for them."""
     study = open_study(spec, options.storage)
@@ -107,7 +117,8 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
         for _ in range(options.workers):
             # Each in its own session: Ctrl-C reaches the workers once, forwarded from here.
             proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+                                    stdout=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
             procs.append(proc)
             try:
                 proc.stdin.write(job)

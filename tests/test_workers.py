@@ -1,9 +1,11 @@
 """Many worker processes on one storage: SQLite on one machine, a real PostgreSQL server for many."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -120,6 +122,36 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_runs_each_grid_point_once(write
         curve, before = retry.user_attrs["curve.0"], t.user_attrs["curve.0"]
         assert [c["epoch"] for c in curve] == list(range(1, 31))
         assert before and curve[:len(before) - 1] == before[:-1]
+
+
+def test_workers_die_with_a_killed_run(write_spec, tmp_path):
+    path = write_spec(grid_spec(GRID4, epochs=300, subset=256))  # trials of a minute or more: they outlive the wait
+    runs = tmp_path / "runs"
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    cmd = CLI + ["run", str(path), "--workers", "2", "--dir", str(runs), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        running = wait_for(lambda: (runs / "tiny.db").exists() and [
+            t for t in trials(url) if t.state.name == "RUNNING" and "worker" in t.user_attrs] or None)
+        assert running
+    finally:
+        proc.kill()  # SIGKILL: no chance to stop its workers itself
+        proc.wait()
+    pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running}
+
+    def alive(pid: int) -> bool:  # a zombie (dead, not yet reaped by its new parent) counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+        except OSError:
+            return False
+
+    try:
+        assert wait_for(lambda: not any(alive(p) for p in pids), timeout=10), "a worker outlived its killed run"
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not (set(states(url)) - {"RUNNING", "WAITING", "COMPLETE"})  # the next run retries the stale trials
 
 
 @pytest.mark.slow
