@@ -111,7 +111,15 @@ def cmd_plot(args) -> int:
         return 2
     out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(out, include_plotlyjs=True, full_html=True)  # plotly.js inline: opens offline
+    if out.suffix.lower() in (".png", ".svg", ".pdf"):  # a still image, drawn by kaleido in a headless Chromium
+        try:
+            fig.write_image(out, width=900, height=520)
+        except (ImportError, ValueError, RuntimeError) as e:
+            print(f"error: --out {out.name}: images need kaleido and Chromium ({str(e).splitlines()[0][:120]}); "
+                  "fix: pip install 'recipe-sweep[images]', or write .html", file=sys.stderr)
+            return 2
+    else:
+        fig.write_html(out, include_plotlyjs=True, full_html=True)  # plotly.js inline: opens offline
     print(out)
     return 0
 
@@ -254,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep name or spec file")
     p.add_argument("--kind", required=True, help="linear_scaling, lr_batch, lars_vs_sgd, ablation, curves, "
                    "epochs, lr, parallel, importance or history")
-    p.add_argument("--out", help="HTML file to write (default: DIR/NAME-KIND.html)")
+    p.add_argument("--out", help="file to write: .html (default: DIR/NAME-KIND.html), or .png/.svg/.pdf (needs kaleido)")
     p.add_argument("--by", help="column to group lines or bars by (e.g. variant, optim.name)")
     p.add_argument("--metric", help="metric to plot (default test_error; the objective's for history "
                    "and importance; val_error for curves)")

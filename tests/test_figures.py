@@ -167,6 +167,11 @@ def test_cli_writes_standalone_html_and_refuses_bad_kinds(sweeps_done, tmp_path,
     html = out.read_text()
     assert "plotly.js v" in html and not re.search(r"<script[^>]*src=[\"'][^\"']*cdn\.plot\.ly", html)
 
+    png = tmp_path / "fig.png"
+    assert main(["plot", "scaling", "--dir", runs, "--kind", "linear_scaling", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # drawn, not blank
+    capsys.readouterr()
+
     assert main(["plot", "scaling", "--dir", runs, "--kind", "linear_scalin"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean 'linear_scaling'" in err and "importance" in err
