@@ -1,0 +1,42 @@
+"""One RESULTS.md section from a finished sweep: its table (reference beside) and a figure as PNG.
+
+    python scripts/results_section.py NAME --by variant --kind ablation [--dir runs] [--images results]
+
+Prints markdown; the figure goes to IMAGES/NAME-KIND.png. The sentence on whether
+the reference's finding holds is written by hand after reading them.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import analysis
+from analysis import figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name")
+    ap.add_argument("--by", default="", help="table columns, comma separated")
+    ap.add_argument("--kind", action="append", default=[], help="figure kind (repeatable)")
+    ap.add_argument("--figure-by", help="--by of the figures")
+    ap.add_argument("--dir", default="runs")
+    ap.add_argument("--images", default="results")
+    args = ap.parse_args()
+    frame = analysis.load(args.name, directory=args.dir)
+    by = [c for c in args.by.split(",") if c] or None
+    table = analysis.with_reference(analysis.summary(frame, by, "test_error"), frame.attrs.get("reference"))
+    done = frame[frame["state"] == "complete"]
+    print(f"{frame['trial'].nunique()} configurations, {len(frame)} runs ({len(done)} complete); "
+          f"training time {frame['duration_s'].sum() / 60:.0f} min summed over runs.\n")
+    print(analysis.render(table))
+    images = Path(args.images)
+    images.mkdir(parents=True, exist_ok=True)
+    for kind in args.kind:
+        out = images / f"{args.name}-{kind}.png"
+        figures.plot(kind, frame, by=args.figure_by).write_image(out, width=900, height=520)
+        print(f"\n![{args.name}: {kind}]({out.as_posix()})")
+
+
+if __name__ == "__main__":
+    main()
