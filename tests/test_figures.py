@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -167,16 +168,21 @@ def test_cli_writes_standalone_html_and_refuses_bad_kinds(sweeps_done, tmp_path,
     html = out.read_text()
     assert "plotly.js v" in html and not re.search(r"<script[^>]*src=[\"'][^\"']*cdn\.plot\.ly", html)
 
-    png = tmp_path / "fig.png"
-    assert main(["plot", "scaling", "--dir", runs, "--kind", "linear_scaling", "--out", str(png)]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # drawn, not blank
-    capsys.readouterr()
-
     assert main(["plot", "scaling", "--dir", runs, "--kind", "linear_scalin"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "did you mean 'linear_scaling'" in err and "importance" in err
     assert main(["plot", "ablation", "--dir", runs, "--kind", "lars_vs_sgd"]) == 2
     assert "lars_vs_sgd needs train.batch_size varied" in capsys.readouterr().err
+
+
+def test_cli_draws_a_figure_as_png(sweeps_done, tmp_path, capsys):
+    pytest.importorskip("kaleido", reason="kaleido draws still images (pip install kaleido)")
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("kaleido draws with Chromium, which is not installed (apt-get install chromium)")
+    png = tmp_path / "fig.png"
+    assert main(["plot", "scaling", "--dir", str(sweeps_done["dir"]), "--kind", "linear_scaling",
+                 "--out", str(png)]) == 0, capsys.readouterr().err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # drawn, not blank
 
 
 # ---- a frame built by hand: the aggregation math ---------------------------------------------
