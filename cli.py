@@ -124,6 +124,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; use e.g. 2, or auto") from None
+
+
 def _parse_sets(sets: list[str]) -> dict:
     from trainable import ConfigError
     out = {}
@@ -218,8 +227,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["optuna", "ray"])
     _where(p)
     p.add_argument("--trials", type=int, help="trial budget (overrides budget.trials)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on one storage (Optuna), "
-                   "or trials at once (Ray)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                   help="worker processes on one storage (Optuna), or trials at once (Ray); default auto: "
+                        "as many as pay (on CPUs one per resources.cpu cores, on a GPU 1/resources.gpu)")
     p.add_argument("--address", help="Ray: run on an existing cluster ('auto' or ray://host:port)")
     p.add_argument("--preset", help="apply a named preset of the spec (e.g. cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

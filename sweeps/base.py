@@ -12,7 +12,8 @@ from trainable.registry import Registry
 class RunOptions:
     storage: str                 # SQLAlchemy URL of the sweep's results
     quiet: bool = False          # no progress bar (tests, workers)
-    workers: int = 1             # worker processes sharing the storage (Optuna) / concurrent trials (Ray)
+    workers: int | None = 1      # worker processes sharing the storage (Optuna) / concurrent trials (Ray);
+                                 # None: as many as pay (Optuna: sweeps.workers.auto_workers; Ray: its resources)
     address: str | None = None   # Ray: an existing cluster ("auto", "ray://host:port"); None starts a local one
     run_dir: str = "runs"        # folder for per-trial checkpoints and Ray's experiment folder
 

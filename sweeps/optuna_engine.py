@@ -16,6 +16,7 @@ Ctrl-C by the worker it ran in. Processes that did not prepare only pop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -497,6 +498,9 @@ class OptunaEngine:
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial
         check_runs_on_optuna(spec)
+        if options.workers is None:
+            from .workers import auto_workers
+            options = dataclasses.replace(options, workers=auto_workers(spec))
         if options.workers < 1:
             raise SweepError(f"--workers: must be at least 1, got {options.workers}; fix: use e.g. --workers 2")
         if options.workers > 1:

@@ -491,7 +491,7 @@ class RayEngine:
                     search, space = _search(spec, trials, samples)
                     tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
                         search_alg=search, scheduler=scheduler, num_samples=samples,
-                        max_concurrent_trials=max(options.workers, 1), reuse_actors=reuse,
+                        max_concurrent_trials=options.workers, reuse_actors=reuse,
                         trial_dirname_creator=_dirname),
                         run_config=tune.RunConfig(
                             name=name, storage_path=str(storage), verbose=0, callbacks=[_Callback()],

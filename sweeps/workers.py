@@ -14,6 +14,7 @@ beat one trial on all of them (../shared/MEASUREMENTS.md: about 22%).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import pickle
 import signal
@@ -41,6 +42,27 @@ CHILD = ("import sys\n"
          "except KeyboardInterrupt:\n"
          "    sys.exit(130)\n"
          "sys.exit(_child())\n")
+
+
+AUTO_MAX = 16  # more processes than this on one SQLite file or one machine's memory: ask for them explicitly
+
+
+def auto_workers(spec: SweepSpec) -> int:
+    """How many trials run side by side when --workers is not given, where it pays.
+
+    On CPUs each trial gets `resources.cpu` cores and as many run at once as
+    fit: small models do not scale across threads, so on 2 cores two 1-thread
+    trials train about 20% more images/s in sum than one 2-thread trial
+    (BENCHMARKS.md). On a GPU, 1 / resources.gpu trials share it (one when
+    resources.gpu is 0 or 1). Never more than the trial budget.
+    """
+    import torch
+    if spec.resources.gpu > 0 or torch.cuda.is_available():
+        share = spec.resources.gpu
+        n = int(1 / share) if 0 < share < 1 else 1
+    else:
+        n = (os.cpu_count() or 1) // max(1, math.ceil(spec.resources.cpu))
+    return max(1, min(n, spec.trials or n, AUTO_MAX))
 
 
 def threads_per_worker(workers: int) -> int:

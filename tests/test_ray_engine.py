@@ -185,7 +185,8 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(write_spec, 
     spec["base"]["data"]["subset"] = 1024
     path = write_spec(spec)
     runs = tmp_path / "runs"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--engine", "ray", "--dir", str(runs), "--quiet"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--engine", "ray", "--workers", "1", "--dir", str(runs),
+           "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user gets
     db = runs / "tiny.db"
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

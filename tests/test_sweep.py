@@ -113,7 +113,8 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(wr
     spec["base"]["train"]["epochs"] = 8  # a few seconds a trial, so the kill lands mid-trial
     spec["base"]["data"]["subset"] = 1024
     path = write_spec(spec)
-    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs"), "--quiet"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--workers", "1", "--dir",
+           str(tmp_path / "runs"), "--quiet"]
     db = tmp_path / "runs" / "tiny.db"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -147,7 +148,8 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(write_spec, tmp_path):
     spec = tiny_spec(budget={"trials": 2})
     spec["base"]["train"]["epochs"] = 40  # about 4 s a trial: the interrupt lands mid-trial
     path = write_spec(spec)
-    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs"), "--quiet"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--workers", "1", "--dir",
+           str(tmp_path / "runs"), "--quiet"]
     db = tmp_path / "runs" / "tiny.db"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: db.exists() and _counts(db).get("RUNNING", 0) == 1, timeout=120)

@@ -80,6 +80,27 @@ def test_budget_holds_with_three_workers_on_a_random_space(write_spec, tmp_path)
     assert states(url) == {"COMPLETE": 5}  # budget reached: nothing new, nothing left waiting
 
 
+@pytest.mark.parametrize("resources, trials, expected", [
+    ({}, 100, lambda cores: cores),                  # one 1-core trial per core
+    ({"cpu": 2}, 100, lambda cores: max(1, cores // 2)),
+    ({}, 1, lambda cores: 1),                        # never more than the budget
+    ({"gpu": 0.25}, 100, lambda cores: 4),           # four trials share a GPU
+])
+def test_auto_workers_packs_trials_where_it_pays(write_spec, resources, trials, expected):
+    import os
+
+    from sweeps.workers import AUTO_MAX, auto_workers
+    spec = load_spec(write_spec(tiny_spec(resources=resources, budget={"trials": trials})))
+    assert auto_workers(spec) == min(expected(os.cpu_count()), AUTO_MAX)
+
+
+def test_cli_workers_takes_a_number_or_auto(capsys):
+    from cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "spec.yaml", "--workers", "two"])
+    assert stop.value.code == 2 and "'two' is not a number of workers" in capsys.readouterr().err
+
+
 def test_a_worker_refuses_a_different_spec(write_spec, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
