@@ -25,7 +25,8 @@ def opt(default, doc: str, choices: tuple = ()):
 
 @dataclass(frozen=True)
 class Data:
-    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder")
+    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder | "
+                       "synthetic (random images, for benchmarks)")
     root: str = opt("~/.cache/recipe-sweep/data", "where torchvision datasets are stored or downloaded; "
                     "image_folder: the folder holding train_dir and test_dir")
     download: bool = opt(False, "allow torchvision to download a missing dataset")
@@ -37,6 +38,10 @@ class Data:
     test_dir: str = opt("val", "image_folder: subfolder of class folders for testing")
     image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)")
     test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)")
+    synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]")
+    synthetic_classes: int = opt(10, "synthetic: number of classes")
+    synthetic_size: int = opt(50000, "synthetic: training images (the test split has a fifth as many)")
+    synthetic_seed: int = opt(0, "synthetic: seed of the generated images and labels")
 
 
 @dataclass(frozen=True)
