@@ -86,6 +86,9 @@ class Train:
     precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast with a grad scaler; GPU only)",
                          ("fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+    compile: bool = opt(False, "torch.compile the model for training steps (evaluation stays eager); for GPUs: "
+                        "on a 2-core CPU it was slower than eager and took 35-44 s per process to compile "
+                        "(set TORCHINDUCTOR_COMPILE_THREADS=1 on few cores)")
     threads: int = opt(0, "torch CPU threads for this trial (0: torch's default)")
     accumulate: int = opt(1, "micro-batches per batch: gradients are accumulated, one optimizer step per batch")
     ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size")
