@@ -1,68 +1,190 @@
 """Training images/s of `trainable.train` against a conventional PyTorch loop, in one run.
 
-The reference loop is the way most training scripts are written: a dataset
-that yields PIL images, per-image torchvision transforms, a DataLoader (best
-worker count of 0, 1, 2), the same model, batch size, optimizer and
-augmentation. Ratios, not absolute numbers, are what compare across machines.
+The reference loop (benchmarks/conventional.py) is the way most training
+scripts are written: a dataset that yields PIL images, per-image torchvision
+transforms, a DataLoader (best worker count of 0, 1, 2), the same model,
+batch size, optimizer and augmentation, fp32. Ratios, not absolute numbers,
+are what compare across machines.
 
-    python benchmarks/trial_throughput.py [--images 6400] [--depth 20]
+Besides whole training it measures the two halves apart:
+- the data pipeline alone, an epoch of batches and no model: our resident
+  tensors cut into augmented batches (TrainBatches) against the DataLoader +
+  PIL pipeline (best worker count);
+- the compute floor: forward + backward + optimizer step of the same model on
+  one resident batch, so our loop can be stated as a share of it;
+and packing: `--packing N` trials side by side in N processes, the CPU threads
+divided as `sweep run --workers N` divides them, their images/s summed.
+
+    python benchmarks/trial_throughput.py [--images 6400] [--depth 20] [--device cpu|cuda|cpu,cuda]
+                                          [--dataset fashion_mnist|synthetic] [--shape 3,32,32] [--packing 2]
+
+`--device cuda` on a machine without CUDA prints a note and skips those rows.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-import torchvision.transforms as T
-from PIL import Image
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # measure the checkout this script is in, not an installed copy
 
-from trainable import from_flat, train
-from trainable import data as tdata
-from trainable.models import build_model
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks import conventional  # noqa: E402
+from sweeps.workers import threads_per_worker  # noqa: E402
+from trainable import from_flat, train, with_key  # noqa: E402
+from trainable import data as tdata  # noqa: E402
+from trainable import optim  # noqa: E402
+from trainable.augment import Normalize, TrainBatches  # noqa: E402
+from trainable.config import TrialConfig  # noqa: E402
+from trainable.models import build_model  # noqa: E402
+from trainable.run import resolve_device  # noqa: E402
+
+PRECISIONS = {"fp32": {"train.precision": "fp32", "train.channels_last": False},
+              "bf16 + channels_last": {"train.precision": "bf16", "train.channels_last": True}}
+WORKERS = (0, 1, 2)
+MIN_PIPELINE_S = 1.0  # the resident pipeline runs an epoch in milliseconds: repeat epochs for this long
 
 
-class PilDataset(torch.utils.data.Dataset):
-    """What torchvision's MNIST-style datasets do per item: uint8 array -> PIL -> transforms."""
-
-    def __init__(self, x, y, transform):
-        self.x, self.y, self.transform = x.squeeze(1).numpy(), y.tolist(), transform
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.x[i], mode="L")), self.y[i]
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def conventional(cfg, workers: int) -> float:
-    splits = tdata.load(cfg.data)
-    tf = T.Compose([T.RandomCrop(28, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(splits.mean, splits.std)])
-    loader = torch.utils.data.DataLoader(PilDataset(splits.train_x, splits.train_y, tf), cfg.train.batch_size,
-                                         shuffle=True, drop_last=True, num_workers=workers,
-                                         persistent_workers=workers > 0)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 10, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    model.train()
+def ours(cfg: TrialConfig) -> float:
+    return train(cfg)["images_per_s"]
+
+
+def batches_of(cfg: TrialConfig, splits: tdata.Splits, device: torch.device) -> TrainBatches:
+    norm = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, cfg.train.channels_last)
+    return TrainBatches(splits.train_x.to(device), splits.train_y.to(device), cfg.train.batch_size, cfg.augment,
+                        norm, torch.Generator(device).manual_seed(0), splits.train_x.shape[-1])
+
+
+def pipeline_ours(cfg: TrialConfig, splits: tdata.Splits) -> float:
+    """Images/s of iterating TrainBatches (crop, flip, normalize, layout) with no model."""
+    device = resolve_device(cfg.train.device)
+    batches = batches_of(cfg, splits, device)
+    for _ in batches:  # warm-up epoch
+        pass
     seen, t0 = 0, time.perf_counter()
-    for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += len(y)
+    while time.perf_counter() - t0 < MIN_PIPELINE_S:
+        for _, y in batches:
+            seen += len(y)
+        sync(device)
     return seen / (time.perf_counter() - t0)
 
 
-def ours(cfg) -> float:
-    return train(cfg)["images_per_s"]
+def pipeline_conventional(splits: tdata.Splits, batch_size: int, workers: int, device: torch.device) -> float:
+    """Images/s of an epoch of the DataLoader + PIL pipeline, onto the device, after a warm-up epoch."""
+    batches = conventional.loader(splits, batch_size, workers, device)
+    for _ in batches:  # starts the (persistent) workers
+        pass
+    seen, t0 = 0, time.perf_counter()
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        seen += len(y)
+    sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def compute_floor(cfg: TrialConfig, splits: tdata.Splits, iters: int, warmup: int = 3) -> float:
+    """Images/s of forward + backward + optimizer step of the trial's model on one resident batch."""
+    device = resolve_device(cfg.train.device)
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    fmt = torch.channels_last if tc.channels_last else torch.preserve_format
+    model = build_model(cfg.model, splits.num_classes, splits.in_channels).to(device, memory_format=fmt).train()
+    opt = optim.build(model, cfg.optim, tc.batch_size)
+    x, y = next(iter(batches_of(cfg, splits, device)))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return iters * len(y) / (time.perf_counter() - t0)
+
+
+def _packed_trial(cfg: TrialConfig, threads: int, barrier, results) -> None:
+    torch.set_num_threads(threads)
+    cfg = with_key(cfg, "train.threads", threads)
+    train(cfg)  # warm-up: data load, allocator, kernels
+    barrier.wait()  # the measured epochs run side by side
+    results.put(ours(cfg))
+
+
+def packed(cfg: TrialConfig, n: int) -> tuple[float, int]:
+    """(summed images/s, threads each) of n trials of cfg in n processes at once."""
+    threads = threads_per_worker(n)
+    ctx = multiprocessing.get_context("spawn")  # fresh processes, as sweep workers are
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_packed_trial, args=(cfg, threads, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates), threads
+
+
+def base_config(args, device: str) -> dict:
+    flat = {"data.dataset": args.dataset, "data.subset": args.images, "data.eval_subset": 1,
+            "model.depth": args.depth, "train.epochs": 1, "train.batch_size": 128, "train.device": device}
+    if args.dataset == "synthetic":  # enough images for the subset after the validation split
+        flat.update({"data.synthetic_shape": list(args.shape), "data.synthetic_size": 2 * args.images})
+    return flat
+
+
+def measure(args, device: str) -> list[tuple[str, list[tuple[str, float, str]]]]:
+    """The tables for one device: (title, rows of (name, images/s, comparison))."""
+    flat = base_config(args, device)
+    cfgs = {name: from_flat({**flat, **changes}) for name, changes in PRECISIONS.items()}
+    dev = resolve_device(device)
+    splits = tdata.load(cfgs["fp32"].data)
+    ours(cfgs["fp32"])  # warm-up: data load, allocator, kernels
+    trial = {name: ours(cfg) for name, cfg in cfgs.items()}
+    iters = max(2, args.images // 128)
+    floor = {name: compute_floor(cfg, splits, iters) for name, cfg in cfgs.items()}
+    pipe = {f"channels_last={c}": pipeline_ours(with_key(cfgs["fp32"], "train.channels_last", c), splits)
+            for c in (False, True)}
+    pipe_conv = {w: pipeline_conventional(splits, 128, w, dev) for w in WORKERS}
+    conv = {w: conventional.train(cfgs["fp32"], splits, w)[0] for w in WORKERS}
+    best, best_pipe = max(conv, key=conv.get), max(pipe_conv, key=pipe_conv.get)
+    ref, ref_pipe = conv[best], pipe_conv[best_pipe]
+
+    loops = [(f"recipe-sweep {name}", ips, f"{ips / ref:.2f}x") for name, ips in trial.items()]
+    loops.append((f"conventional fp32 (DataLoader, {best} workers)", ref, "1.00x"))
+    if args.packing > 1:
+        name = "bf16 + channels_last"
+        ips, threads = packed(cfgs[name], args.packing)
+        each = f"{threads} thread{'s' * (threads > 1)}"
+        loops.append((f"recipe-sweep {name}, {args.packing} processes x {each} (sum)", ips, f"{ips / ref:.2f}x"))
+    floors = [(f"model step alone, {name}", floor[name], f"{100 * trial[name] / floor[name]:.0f}%")
+              for name in PRECISIONS]
+    pipes = [(f"recipe-sweep TrainBatches, {name}", ips, f"{ips / ref_pipe:.1f}x") for name, ips in pipe.items()]
+    pipes.append((f"conventional DataLoader + PIL ({best_pipe} workers)", ref_pipe, "1.0x"))
+    return [("| loop | images/s | vs conventional |", loops),
+            ("| compute floor: one resident batch | images/s | recipe-sweep as % of it |", floors),
+            ("| data pipeline alone, no model | images/s | vs conventional |", pipes)]
 
 
 def cpu_name() -> str:
@@ -75,31 +197,46 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+def shape(text: str) -> tuple[int, ...]:
+    dims = tuple(int(v) for v in text.split(","))
+    if len(dims) != 3 or min(dims) < 1 or dims[0] not in (1, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: give channels,height,width with 1 or 3 channels "
+                                         "(the conventional loop makes PIL images)")
+    return dims
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=6400)
-    ap.add_argument("--depth", type=int, default=20)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=6400, help="training images per epoch")
+    ap.add_argument("--depth", type=int, default=20, help="ResNet-preact depth")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, or both as cpu,cuda")
+    ap.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "synthetic"))
+    ap.add_argument("--shape", type=shape, default=(3, 32, 32), help="synthetic images: C,H,W (CIFAR-10: 3,32,32)")
+    ap.add_argument("--packing", type=int, default=2, help="trials side by side in as many processes (1: off)")
     args = ap.parse_args()
-    base = {"data.subset": args.images, "data.eval_subset": 1, "model.depth": args.depth, "train.epochs": 1,
-            "train.batch_size": 128, "train.channels_last": False}
-    rows = {}
-    ours(from_flat(base))  # warm-up: data load, allocator, kernels
-    rows["recipe-sweep fp32"] = ours(from_flat(base))
-    rows["recipe-sweep bf16 + channels_last"] = ours(
-        from_flat({**base, "train.precision": "bf16", "train.channels_last": True}))
-    conv = {w: conventional(from_flat(base), w) for w in (0, 1, 2)}
-    best = max(conv, key=conv.get)
-    rows[f"conventional fp32 (DataLoader, {best} workers)"] = conv[best]
-    ref = conv[best]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    print(f"# trial throughput, ResNet-preact-{args.depth}, Fashion-MNIST, batch 128, {args.images} images")
+                            cwd=ROOT).stdout.strip()
+    data = "Fashion-MNIST" if args.dataset == "fashion_mnist" else f"synthetic {'x'.join(map(str, args.shape))}"
+    print(f"# trial throughput, ResNet-preact-{args.depth}, {data}, batch 128, {args.images} images")
     print(f"# {date.today()} {cpu_name()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, commit {commit}")
-    print("| loop | images/s | vs conventional |\n| --- | ---: | ---: |")
-    for name, ips in rows.items():
-        print(f"| {name} | {ips:,.0f} | {ips / ref:.2f}x |")
-    print(json.dumps({k: round(v, 1) for k, v in rows.items()}))
+    found = {}
+    for device in args.device.split(","):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            print(f"\n# {device}: CUDA is not available on this machine; its rows are skipped")
+            continue
+        label = torch.cuda.get_device_name(resolve_device(device)) if device.startswith("cuda") else "cpu"
+        prefix = "" if device == "cpu" else f"{device}: "
+        for i, (title, rows) in enumerate(measure(args, device)):
+            if i == 0 and device != "cpu":
+                print(f"\n# {device} ({label})")
+            elif i > 0:
+                print()
+            print(f"{title}\n| --- | ---: | ---: |")
+            for name, ips, vs in rows:
+                print(f"| {name} | {ips:,.0f} | {vs} |")
+                found[prefix + name] = round(ips, 1)
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def opt(default, doc: str, choices: tuple = ()):
 
 @dataclass(frozen=True)
 class Data:
-    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder")
+    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder | "
+                       "synthetic (random images, for benchmarks)")
     root: str = opt("~/.cache/recipe-sweep/data", "where torchvision datasets are stored or downloaded; "
                     "image_folder: the folder holding train_dir and test_dir")
     download: bool = opt(False, "allow torchvision to download a missing dataset")
@@ -37,6 +38,10 @@ class Data:
     test_dir: str = opt("val", "image_folder: subfolder of class folders for testing")
     image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)")
     test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)")
+    synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]")
+    synthetic_classes: int = opt(10, "synthetic: number of classes")
+    synthetic_size: int = opt(50000, "synthetic: training images (the test split has a fifth as many)")
+    synthetic_seed: int = opt(0, "synthetic: seed of the generated images and labels")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class Train:
     precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast with a grad scaler; GPU only)",
                          ("fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on CPU and GPU)")
+    compile: bool = opt(False, "torch.compile the model for training steps (evaluation stays eager); for GPUs: "
+                        "on a 2-core CPU it was slower than eager and took 35-44 s per process to compile "
+                        "(set TORCHINDUCTOR_COMPILE_THREADS=1 on few cores)")
     threads: int = opt(0, "torch CPU threads for this trial (0: torch's default)")
     accumulate: int = opt(1, "micro-batches per batch: gradients are accumulated, one optimizer step per batch")
     ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size")

@@ -23,8 +23,12 @@ from .registry import Registry
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
-DATASETS: Registry[Callable[[Path, bool], Raw]] = Registry("dataset")
+# A loader reads the `data` section and returns the raw splits and the number of classes.
+DATASETS: Registry[Callable[[Data], tuple[Raw, int]]] = Registry("dataset")
 NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+# The `data` keys that decide a dataset's raw tensors; the split and the caps apply after the cache.
+SOURCE_KEYS = ("dataset", "root", "download", "synthetic_shape", "synthetic_classes", "synthetic_size",
+               "synthetic_seed")
 EVAL_CROP = 0.875  # centre crop share at evaluation (224 of 256), as in the ImageNet recipes
 
 
@@ -61,10 +65,14 @@ def _idx_split(folder: Path) -> Raw:
     return (*load("train"), *load("t10k"))
 
 
-def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Raw:
+def _root(cfg: Data) -> Path:
+    return Path(os.path.expanduser(cfg.root))
+
+
+def _torchvision(cls_name: str, cfg: Data, name: str) -> tuple[Raw, int]:
     import torchvision.datasets as tvd
 
-    cls = getattr(tvd, cls_name)
+    cls, root, download = getattr(tvd, cls_name), _root(cfg), cfg.download
     try:
         train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
@@ -77,27 +85,58 @@ def _torchvision(cls_name: str, root: Path, download: bool, name: str) -> Raw:
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # CIFAR is N x H x W x C
         return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
-    return (*tensors(train), *tensors(test))
+    return (*tensors(train), *tensors(test)), NUM_CLASSES[name]
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(root: Path, download: bool) -> Raw:
+def fashion_mnist(cfg: Data) -> tuple[Raw, int]:
     if (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
-        return _idx_split(DEBIAN_FASHION_MNIST)
-    if not download and not (root / "FashionMNIST" / "raw").exists():
+        return _idx_split(DEBIAN_FASHION_MNIST), NUM_CLASSES["fashion_mnist"]
+    if not cfg.download and not (_root(cfg) / "FashionMNIST" / "raw").exists():
         raise DatasetMissing(
             "data.dataset: fashion_mnist is not installed; fix: `apt-get install dataset-fashion-mnist` "
             "(Debian/Ubuntu), or set data.download=true to fetch it with torchvision")
-    return _torchvision("FashionMNIST", root, download, "fashion_mnist")
+    return _torchvision("FashionMNIST", cfg, "fashion_mnist")
 
 
 for _name, _cls in {"mnist": "MNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}.items():
     DATASETS.register(_name)(functools.partial(_torchvision, _cls, name=_name))
 
 
+@DATASETS.register("synthetic")
+def synthetic(cfg: Data) -> tuple[Raw, int]:
+    """Random uint8 images of data.synthetic_shape, for benchmarks where no real data is installed.
+
+    Each pixel is uniform noise in 0..127 plus a level in 0..127 that its class
+    sets per channel, so a model can learn the classes (a smoke run shows error
+    below chance) at the cost of real images of that shape. The test split
+    holds a fifth as many images as the training split, as CIFAR-10 does;
+    data.synthetic_seed fixes both.
+    """
+    shape, classes, size = tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_size
+    rules = [("data.synthetic_shape", len(shape) == 3 and min(shape) >= 1,
+              f"{list(shape)} is not [channels, height, width]", "give three positive sizes, e.g. [3, 32, 32]"),
+             ("data.synthetic_classes", classes >= 2, f"needs at least 2 classes, got {classes}", "use e.g. 10"),
+             ("data.synthetic_size", size >= 1, f"needs at least 1 image, got {size}", "use e.g. 50000")]
+    for key, ok, message, fix in rules:
+        if not ok:
+            raise ConfigError(key, message, fix)
+    gen = torch.Generator().manual_seed(cfg.synthetic_seed)
+    # Evenly spaced levels, shuffled on their own in each channel, so classes never share all levels.
+    spaced = torch.linspace(0, 127, classes).round().to(torch.uint8)
+    levels = torch.stack([spaced[torch.randperm(classes, generator=gen)] for _ in range(shape[0])], 1)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, classes, (n,), generator=gen)
+        x = torch.randint(0, 128, (n, *shape), dtype=torch.uint8, generator=gen)
+        return x.add_(levels[y][:, :, None, None]), y  # both parts below 128: the sum stays a uint8
+
+    return (*split(size), *split(max(1, size // 5))), classes
+
+
 @functools.lru_cache(maxsize=4)
-def _raw(name: str, root: str, download: bool) -> Raw:
-    return DATASETS.get(name)(Path(os.path.expanduser(root)), download)
+def _raw(source: Data) -> tuple[Raw, int]:
+    return DATASETS.get(source.dataset)(source)
 
 
 @functools.lru_cache(maxsize=2)
@@ -146,8 +185,8 @@ def load(cfg: Data) -> Splits:
         stored = round(max(cfg.image_size, test_size) / EVAL_CROP)
         (x, y, test_x, test_y), num_classes = _folder(cfg.root, cfg.train_dir, cfg.test_dir, stored)
     else:
-        x, y, test_x, test_y = _raw(cfg.dataset, cfg.root, cfg.download)
-        num_classes = NUM_CLASSES[cfg.dataset]
+        source = Data(**{k: getattr(cfg, k) for k in SOURCE_KEYS})  # equal sources share one cache entry
+        (x, y, test_x, test_y), num_classes = _raw(source)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.split_seed))
     n_val = int(round(cfg.val_fraction * len(x)))
     val_idx, train_idx = order[:n_val], order[n_val:]

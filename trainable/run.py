@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -111,6 +112,26 @@ def accumulate_gradients(model, objective, x, y, parts: int, autocast, scale=lam
     return torch.stack(losses), torch.cat(logits)
 
 
+def update_ema(ema: AveragedModel, model: torch.nn.Module, first: bool) -> None:
+    """`ema.update_parameters(model)`, without its host sync after the first update.
+
+    AveragedModel compares its on-device update count with 0 on every call,
+    which waits for the GPU each step; the caller knows whether it is the first.
+    """
+    if first:
+        ema.update_parameters(model)  # copies the model
+        return
+    groups: dict[torch.dtype, tuple[list, list]] = {}  # as AveragedModel groups them for the foreach kernels
+    for avg, cur in zip(itertools.chain(ema.module.parameters(), ema.module.buffers()),
+                        itertools.chain(model.parameters(), model.buffers())):
+        pair = groups.setdefault(avg.dtype, ([], []))
+        pair[0].append(avg.detach())
+        pair[1].append(cur.detach())
+    for avgs, curs in groups.values():
+        ema.multi_avg_fn(avgs, curs, ema.n_averaged)
+    ema.n_averaged += 1
+
+
 def train(config: TrialConfig, report: Report | None = None, checkpoint: str | Path | None = None) -> dict[str, float]:
     """Train one trial; report each epoch's metrics; return the final ones.
 
@@ -151,6 +172,9 @@ class Training:
             apply_ghost_bn(model, tc.ghost_batch)
         fmt = torch.channels_last if tc.channels_last else torch.preserve_format
         self.model = model = model.to(device, memory_format=fmt)
+        # Training steps call the compiled wrapper; self.model stays the plain module, so checkpoints,
+        # saved models and the EMA keep their keys (a compiled module prefixes them with `_orig_mod.`).
+        self.step_model = torch.compile(model) if tc.compile else model
         teacher = load_model(tc.teacher, device) if tc.teacher else None
         self.gen = torch.Generator(device).manual_seed(tc.seed)
         self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
@@ -171,6 +195,9 @@ class Training:
             if tc.ema_decay else None
         self.history: list[dict[str, float]] = []
         self.best, self.since_best, self.seconds = math.inf, 0, 0.0
+        # On a GPU a per-step check would sync the host every step; remember the
+        # first bad step on the device and look once per epoch instead.
+        self.check_each_step = device.type == "cpu"
 
     @property
     def epochs_done(self) -> int:
@@ -197,14 +224,12 @@ class Training:
         loss_sum = torch.zeros((), device=device)
         err_sum = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        # On a GPU a per-step check would sync the host every step; remember the
-        # first bad step on the device and look once per epoch instead.
-        check_each_step = device.type == "cpu"
+        check_each_step = self.check_each_step
         seen = 0
         for step, (x, y) in enumerate(self.batches, start=1):
             opt.zero_grad(set_to_none=True)
-            losses, out = accumulate_gradients(model, self.objective, x, y, tc.accumulate, self.autocast,
-                                               self.scaler.scale)
+            losses, out = accumulate_gradients(self.step_model, self.objective, x, y, tc.accumulate,
+                                               self.autocast, self.scaler.scale)
             loss = losses.mean()
             if check_each_step:
                 if not torch.isfinite(loss):
@@ -218,7 +243,7 @@ class Training:
             self.scaler.update()
             self.sched.step()
             if self.ema is not None:
-                self.ema.update_parameters(model)
+                update_ema(self.ema, model, first=epoch == 1 and step == 1)
             loss_sum += loss * len(y)
             err_sum += (out.argmax(1) != y).sum()
             seen += len(y)

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run from the repository root); a package so tests can import the reference loop."""
