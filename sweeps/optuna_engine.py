@@ -35,7 +35,8 @@ from optuna.trial import TrialState
 
 from search_spaces import SweepSpec
 from search_spaces.dists import Choice, Fixed, Grid, Int, LogUniform, Uniform
-from trainable import TrialError, to_dict
+from trainable import TrialConfig, TrialError, to_dict
+from trainable.config import flatten
 from trainable.registry import Registry
 
 from . import isolated
@@ -140,11 +141,20 @@ def sample(spec: SweepSpec, trial: optuna.Trial) -> dict[str, Any]:
 # ---- study bookkeeping ---------------------------------------------------
 
 def fingerprint(spec: SweepSpec) -> str:
-    """What makes two runs the same sweep: base config, space, seeds and objective."""
+    """What makes two runs the same sweep: base config, space, seeds and objective.
+
+    The base counts by the keys that differ from the trial config's defaults, so
+    a release that adds a config key (at a default that changes nothing) still
+    resumes the sweeps made before it.
+    """
     raw = spec.raw
     key = {k: raw.get(k) for k in ("base", "variants", "space", "seeds", "objective")}
-    key["base"] = to_dict(spec.base)
+    defaults = flatten(to_dict(TrialConfig()))
+    key["base"] = {k: v for k, v in flatten(to_dict(spec.base)).items() if defaults.get(k, _ABSENT) != v}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_ABSENT = object()
 
 
 def is_interrupted(t: optuna.trial.FrozenTrial) -> bool:

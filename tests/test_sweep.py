@@ -92,6 +92,28 @@ def test_a_changed_space_on_the_same_storage_is_refused(write_spec, tmp_path):
         run(write_spec(changed, "other.yaml"), tmp_path)
 
 
+def test_a_release_that_adds_a_config_key_still_resumes_the_sweep(write_spec, tmp_path, monkeypatch):
+    from sweeps import optuna_engine
+    path = write_spec(tiny_spec(budget={"trials": 1}))
+    spec, _, _ = run(path, tmp_path)
+    before = optuna_engine.fingerprint(spec)
+    real = optuna_engine.to_dict
+
+    def with_a_new_key(cfg):  # every config now has one more key, at a default that changes nothing
+        tree = real(cfg)
+        tree["train"]["new_option"] = 0
+        return tree
+
+    monkeypatch.setattr(optuna_engine, "to_dict", with_a_new_key)
+    assert optuna_engine.fingerprint(spec) == before
+    _, _, more = run(path, tmp_path, sets=["budget.trials=2"])
+    assert more.finished == 2
+    changed = tiny_spec(budget={"trials": 2})
+    changed["base"]["optim"]["weight_decay"] = 1.0e-3
+    with pytest.raises(sweeps.SweepError, match="different"):
+        run(write_spec(changed, "changed.yaml"), tmp_path)
+
+
 def _counts(db):
     try:
         with sqlite3.connect(db) as con:
