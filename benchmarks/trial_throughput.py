@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -161,13 +162,18 @@ def measure(args, device: str) -> list[tuple[str, list[tuple[str, float, str]]]]
     dev = resolve_device(device)
     splits = tdata.load(cfgs["fp32"].data)
     ours(cfgs["fp32"])  # warm-up: data load, allocator, kernels
-    trial = {name: ours(cfg) for name, cfg in cfgs.items()}
+
+    def median(fn) -> float:  # this machine is noisy: the median of --repeats measurements
+        return statistics.median(fn() for _ in range(args.repeats))
+
+    trial = {name: median(lambda: ours(cfg)) for name, cfg in cfgs.items()}
     iters = max(2, args.images // 128)
-    floor = {name: compute_floor(cfg, splits, iters) for name, cfg in cfgs.items()}
-    pipe = {f"channels_last={c}": pipeline_ours(with_key(cfgs["fp32"], "train.channels_last", c), splits)
+    floor = {name: median(lambda: compute_floor(cfg, splits, iters)) for name, cfg in cfgs.items()}
+    pipe = {f"channels_last={c}": median(lambda: pipeline_ours(with_key(cfgs["fp32"], "train.channels_last", c),
+                                                               splits))
             for c in (False, True)}
-    pipe_conv = {w: pipeline_conventional(splits, 128, w, dev) for w in WORKERS}
-    conv = {w: conventional.train(cfgs["fp32"], splits, w)[0] for w in WORKERS}
+    pipe_conv = {w: median(lambda: pipeline_conventional(splits, 128, w, dev)) for w in WORKERS}
+    conv = {w: median(lambda: conventional.train(cfgs["fp32"], splits, w)[0]) for w in WORKERS}
     best, best_pipe = max(conv, key=conv.get), max(pipe_conv, key=pipe_conv.get)
     ref, ref_pipe = conv[best], pipe_conv[best_pipe]
 
@@ -175,7 +181,8 @@ def measure(args, device: str) -> list[tuple[str, list[tuple[str, float, str]]]]
     loops.append((f"conventional fp32 (DataLoader, {best} workers)", ref, "1.00x"))
     if args.packing > 1:
         name = "bf16 + channels_last"
-        ips, threads = packed(cfgs[name], args.packing)
+        runs = [packed(cfgs[name], args.packing) for _ in range(args.repeats)]
+        ips, threads = statistics.median(r[0] for r in runs), runs[0][1]
         each = f"{threads} thread{'s' * (threads > 1)}"
         loops.append((f"recipe-sweep {name}, {args.packing} processes x {each} (sum)", ips, f"{ips / ref:.2f}x"))
     floors = [(f"model step alone, {name}", floor[name], f"{100 * trial[name] / floor[name]:.0f}%")
@@ -213,6 +220,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "synthetic"))
     ap.add_argument("--shape", type=shape, default=(3, 32, 32), help="synthetic images: C,H,W (CIFAR-10: 3,32,32)")
     ap.add_argument("--packing", type=int, default=2, help="trials side by side in as many processes (1: off)")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per row; the median is shown")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
