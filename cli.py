@@ -111,15 +111,14 @@ def cmd_plot(args) -> int:
         return 2
     out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".png", ".svg", ".pdf"):  # a still image, drawn by kaleido in a headless Chromium
-        try:
-            fig.write_image(out, width=900, height=520)
-        except (ImportError, ValueError, RuntimeError) as e:
-            print(f"error: --out {out.name}: images need kaleido and Chromium ({str(e).splitlines()[0][:120]}); "
-                  "fix: pip install 'recipe-sweep[images]', or write .html", file=sys.stderr)
-            return 2
-    else:
-        fig.write_html(out, include_plotlyjs=True, full_html=True)  # plotly.js inline: opens offline
+    try:
+        figures.save(fig, out)
+    except (ImportError, ValueError, RuntimeError) as e:
+        if out.suffix.lower() not in figures.IMAGE_SUFFIXES:
+            raise
+        print(f"error: --out {out.name}: images need kaleido and Chromium ({str(e).splitlines()[0][:120]}); "
+              "fix: pip install 'recipe-sweep[images]', or write .html", file=sys.stderr)
+        return 2
     print(out)
     return 0
 

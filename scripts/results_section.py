@@ -42,7 +42,7 @@ def main() -> None:
     images.mkdir(parents=True, exist_ok=True)
     for kind in args.kind:
         out = images / f"{args.name}-{kind}.png"
-        figures.plot(kind, frame, by=args.figure_by).write_image(out, width=900, height=520)
+        figures.save(figures.plot(kind, frame, by=args.figure_by), out)
         print(f"\n![{args.name}: {kind}]({out.as_posix()})")
 
 

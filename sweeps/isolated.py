@@ -62,8 +62,9 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
                        on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...],
                        checkpoint_dir: str | Path | None, save_first: bool) -> float:
     """`run_seeds` in a spawned process, with the same callbacks and outcomes."""
-    parent, child = mp.get_context("spawn").Pipe()
-    proc = mp.get_context("spawn").Process(
+    spawn = mp.get_context("spawn")  # a fresh interpreter: nothing of this process's CUDA state
+    parent, child = spawn.Pipe()
+    proc = spawn.Process(
         target=_child, args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first),
         daemon=True, name="sweep-trial")
     proc.start()

@@ -233,7 +233,7 @@ def _search(spec: SweepSpec, trials, samples: int) -> tuple[Any, dict | None]:
         points = _grid_queue(spec, trials, samples if samples >= 0 else GRID_CYCLES_UNBUDGETED * len(
             spec.grid_points()))
     if spec.pruner.name == "pbt":  # Ray's PBT takes no search algorithm: the population is drawn here
-        return ray_pbt.population(spec, sampler, points or [], samples, sample)
+        return ray_pbt.population(spec, sampler, points or [], samples)
     return _optuna_search(spec, sampler, points), None
 
 
@@ -509,7 +509,7 @@ class RayEngine:
                                      if str(result.error).strip() else "ray: the trial failed")
                 elif FINAL in metrics or (remote and metrics.get("epoch")):
                     _ACTIVE.finished(metrics["trial_id"], result.config, metrics)
-                if spec.pruner.name == "pbt" and (result.error is not None or FINAL in metrics):
+                if _ACTIVE.keep_checkpoints and (result.error is not None or FINAL in metrics):
                     _drop_checkpoints(result.path)  # kept for clones until the population ended
         except KeyboardInterrupt:
             interrupted = True

@@ -23,6 +23,7 @@ from search_spaces import SweepSpec
 from search_spaces.dists import LogUniform, Uniform
 
 from .base import SweepError
+from .optuna_engine import sample
 
 DOMAINS = {LogUniform: tune.loguniform, Uniform: tune.uniform}
 
@@ -70,8 +71,8 @@ def scheduler(spec: SweepSpec) -> PopulationBasedTraining:
         custom_explore_fn=_Clip({name: (low, high) for name, (_, low, high) in mutations.items()}))
 
 
-def population(spec: SweepSpec, sampler: optuna.samplers.BaseSampler, grid: list[dict], n: int,
-               sample) -> tuple[BasicVariantGenerator, dict[str, None]]:
+def population(spec: SweepSpec, sampler: optuna.samplers.BaseSampler, grid: list[dict],
+               n: int) -> tuple[BasicVariantGenerator, dict[str, None]]:
     """n configs by Optuna names (grid points first), drawn as the Optuna engine draws them, and
     the param_space Ray wants beside them (every name; a name a point lacks, i.e. an inactive
     conditional parameter, is None in that trial's config and is ignored)."""

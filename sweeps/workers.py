@@ -120,14 +120,12 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     study = open_study(spec, options.storage)
     prepare(study, spec, slots=True)
     budget = spec.trials
-    trials = study.get_trials(deepcopy=False)
-    if budget is not None and sum(map(counts_toward_budget, trials)) >= budget:
-        return summary(study, spec, False)  # nothing to do: no workers to start
-    progress = Progress(spec, budget, sum(map(counts_toward_budget, trials)), quiet=options.quiet)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if done:  # the progress lines show the best so far, earlier runs included
-        best = (min if spec.objective.mode == "min" else max)(done, key=lambda t: t.value)
-        progress.best = (best.value, best.number)
+    before = summary(study, spec, False)
+    if budget is not None and before.finished >= budget:
+        return before  # nothing to do: no workers to start
+    progress = Progress(spec, budget, before.finished, quiet=options.quiet)
+    if before.best_number is not None:  # the progress lines show the best so far, earlier runs included
+        progress.best = (before.best_value, before.best_number)
     job = pickle.dumps({"spec": spec, "storage": options.storage, "run_dir": str(Path(options.run_dir).resolve()),
                         "threads": threads_per_worker(options.workers)})
     env = dict(os.environ)
@@ -179,13 +177,17 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
     """
     budget = spec.trials
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    idle_since: tuple[int, float] | None = None
-    while any(p.poll() is None for p in procs):
-        trials = study.get_trials(deepcopy=False)
+
+    def report_finished(trials) -> None:
         for t in trials:
             if t.state.is_finished() and t.number not in seen:
                 seen.add(t.number)
                 progress.trial_done(study, t)
+
+    idle_since: tuple[int, float] | None = None
+    while any(p.poll() is None for p in procs):
+        trials = study.get_trials(deepcopy=False)
+        report_finished(trials)
         finished = sum(map(counts_toward_budget, trials))
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
@@ -201,10 +203,7 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
         else:
             idle_since = None
         time.sleep(POLL_S)
-    for t in study.get_trials(deepcopy=False):  # the last ones
-        if t.state.is_finished() and t.number not in seen:
-            seen.add(t.number)
-            progress.trial_done(study, t)
+    report_finished(study.get_trials(deepcopy=False))  # the last ones
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

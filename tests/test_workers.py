@@ -1,6 +1,7 @@
 """Many worker processes on one storage: SQLite on one machine, a real PostgreSQL server for many."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,6 +46,19 @@ def states(url: str) -> dict[str, int]:
 
 def start(args: list[str], cwd, log) -> subprocess.Popen:
     return subprocess.Popen(CLI + args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+
+
+@contextlib.contextmanager
+def worker_log(tmp_path):
+    """The workers' shared stderr log and the list they go in; any still running at the end are killed."""
+    workers: list[subprocess.Popen] = []
+    with open(tmp_path / "workers.log", "w") as log:
+        try:
+            yield log, workers
+        finally:
+            for p in workers:
+                if p.poll() is None:
+                    p.kill()
 
 
 def test_run_with_two_workers_runs_every_grid_point_once(write_spec, tmp_path):
@@ -182,11 +196,11 @@ def test_four_workers_on_postgres_one_killed_mid_trial(write_spec, tmp_path, pos
     url = postgres_url
     prepare(open_study(load_spec(path), url), load_spec(path), slots=True)  # the study, its grid enqueued
     assert states(url) == {"WAITING": 8}
-    log = open(tmp_path / "workers.log", "w")
-    workers = [start(["worker", str(path), "--storage", url, "--dir", str(tmp_path / "runs"), "--quiet"],
-                     tmp_path, log) for _ in range(4)]
-    by_pid = {str(p.pid): p for p in workers}
-    try:
+    with worker_log(tmp_path) as (log, workers):
+        workers += [start(["worker", str(path), "--storage", url, "--dir", str(tmp_path / "runs"), "--quiet"],
+                          tmp_path, log) for _ in range(4)]
+        by_pid = {str(p.pid): p for p in workers}
+
         def mid_trial():
             for t in trials(url):
                 curve = t.user_attrs.get("curve.0", [])
@@ -199,11 +213,6 @@ def test_four_workers_on_postgres_one_killed_mid_trial(write_spec, tmp_path, pos
         killed = by_pid[victim.user_attrs["worker"].rsplit(":", 1)[1]]
         killed.send_signal(signal.SIGKILL)
         codes = [p.wait(timeout=300) for p in workers]
-    finally:
-        for p in workers:
-            if p.poll() is None:
-                p.kill()
-        log.close()
     assert sorted(codes) == sorted([0, 0, 0, -signal.SIGKILL]), (tmp_path / "workers.log").read_text()
     assert states(url) == {"COMPLETE": 8, "FAIL": 1}
     frame = analysis.load("tiny", url)
@@ -227,16 +236,10 @@ def test_workers_starting_together_on_an_empty_postgres_keep_the_budget(write_sp
     spec = tiny_spec(budget={"trials": 5})
     spec["base"]["train"]["epochs"] = 2
     path = write_spec(spec)
-    log = open(tmp_path / "workers.log", "w")
-    workers = [start(["worker", str(path), "--storage", postgres_url, "--dir", str(tmp_path / "runs")],
-                     tmp_path, log) for _ in range(3)]
-    try:
+    with worker_log(tmp_path) as (log, workers):
+        workers += [start(["worker", str(path), "--storage", postgres_url, "--dir", str(tmp_path / "runs")],
+                          tmp_path, log) for _ in range(3)]
         codes = [p.wait(timeout=300) for p in workers]
-    finally:
-        for p in workers:
-            if p.poll() is None:
-                p.kill()
-        log.close()
     assert codes == [0, 0, 0], (tmp_path / "workers.log").read_text()
     assert states(postgres_url) == {"COMPLETE": 5}  # the first enqueued the budget, the others only popped
     assert len({t.params["optim.lr"] for t in trials(postgres_url)}) == 5

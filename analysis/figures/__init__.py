@@ -17,7 +17,9 @@ for _module in pkgutil.iter_modules(__path__):  # each file registers its kinds 
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["KINDS", "FigureError", "plot", "kinds_for", "problem"]
+__all__ = ["KINDS", "FigureError", "plot", "kinds_for", "problem", "save", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")  # drawn by kaleido in a headless Chromium
 
 
 def problem(kind: Kind, frame: pd.DataFrame, by: str | None = None) -> str | None:
@@ -47,3 +49,14 @@ def plot(kind: str, frame: pd.DataFrame, metric: str | None = None, by: str | No
 def kinds_for(frame: pd.DataFrame) -> list[str]:
     """The kinds this sweep can draw with their defaults (e.g. linear_scaling only if batch size varies)."""
     return [name for name in KINDS.names() if problem(KINDS.get(name), frame) is None]
+
+
+def save(fig: go.Figure, out) -> None:
+    """Write a figure by the file's suffix: a still image (IMAGE_SUFFIXES; needs kaleido and
+    Chromium, raising ImportError, ValueError or RuntimeError without them), else a standalone
+    HTML file with plotly.js inline, so it opens offline."""
+    from pathlib import Path
+    if Path(out).suffix.lower() in IMAGE_SUFFIXES:
+        fig.write_image(out, width=900, height=520)
+    else:
+        fig.write_html(out, include_plotlyjs=True, full_html=True)
