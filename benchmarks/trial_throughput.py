@@ -133,8 +133,8 @@ def _packed_trial(cfg: TrialConfig, threads: int, barrier, results) -> None:
     results.put(ours(cfg))
 
 
-def packed(cfg: TrialConfig, n: int) -> tuple[float, int]:
-    """(summed images/s, threads each) of n trials of cfg in n processes at once."""
+def packed(cfg: TrialConfig, n: int) -> float:
+    """Summed images/s of n trials of cfg in n processes at once, the threads divided as sweep workers'."""
     threads = threads_per_worker(n)
     ctx = multiprocessing.get_context("spawn")  # fresh processes, as sweep workers are
     barrier, results = ctx.Barrier(n), ctx.Queue()
@@ -144,7 +144,7 @@ def packed(cfg: TrialConfig, n: int) -> tuple[float, int]:
     rates = [results.get(timeout=3600) for _ in procs]
     for p in procs:
         p.join()
-    return sum(rates), threads
+    return sum(rates)
 
 
 def base_config(args, device: str) -> dict:
@@ -162,29 +162,37 @@ def measure(args, device: str) -> list[tuple[str, list[tuple[str, float, str]]]]
     dev = resolve_device(device)
     splits = tdata.load(cfgs["fp32"].data)
     ours(cfgs["fp32"])  # warm-up: data load, allocator, kernels
-
-    def median(fn) -> float:  # this machine is noisy: the median of --repeats measurements
-        return statistics.median(fn() for _ in range(args.repeats))
-
-    trial = {name: median(lambda: ours(cfg)) for name, cfg in cfgs.items()}
     iters = max(2, args.images // 128)
-    floor = {name: median(lambda: compute_floor(cfg, splits, iters)) for name, cfg in cfgs.items()}
-    pipe = {f"channels_last={c}": median(lambda: pipeline_ours(with_key(cfgs["fp32"], "train.channels_last", c),
-                                                               splits))
-            for c in (False, True)}
-    pipe_conv = {w: median(lambda: pipeline_conventional(splits, 128, w, dev)) for w in WORKERS}
-    conv = {w: median(lambda: conventional.train(cfgs["fp32"], splits, w)[0]) for w in WORKERS}
+    bf16 = "bf16 + channels_last"
+
+    def one_round() -> dict:
+        """Every row measured once: rounds interleave, so the machine's drift hits all rows alike."""
+        row = {("trial", name): ours(cfg) for name, cfg in cfgs.items()}
+        row |= {("floor", name): compute_floor(cfg, splits, iters) for name, cfg in cfgs.items()}
+        row |= {("pipe", f"channels_last={c}"): pipeline_ours(with_key(cfgs["fp32"], "train.channels_last", c), splits)
+                for c in (False, True)}
+        row |= {("pipe_conv", w): pipeline_conventional(splits, 128, w, dev) for w in WORKERS}
+        row |= {("conv", w): conventional.train(cfgs["fp32"], splits, w)[0] for w in WORKERS}
+        if args.packing > 1:
+            row[("packed", bf16)] = packed(cfgs[bf16], args.packing)
+        return row
+
+    rounds = [one_round() for _ in range(args.repeats)]  # this machine is noisy: each row's median is shown
+    medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+
+    def part(kind: str) -> dict:
+        return {name: v for (k, name), v in medians.items() if k == kind}
+
+    trial, floor, pipe, pipe_conv, conv = (part(k) for k in ("trial", "floor", "pipe", "pipe_conv", "conv"))
     best, best_pipe = max(conv, key=conv.get), max(pipe_conv, key=pipe_conv.get)
     ref, ref_pipe = conv[best], pipe_conv[best_pipe]
 
     loops = [(f"recipe-sweep {name}", ips, f"{ips / ref:.2f}x") for name, ips in trial.items()]
     loops.append((f"conventional fp32 (DataLoader, {best} workers)", ref, "1.00x"))
     if args.packing > 1:
-        name = "bf16 + channels_last"
-        runs = [packed(cfgs[name], args.packing) for _ in range(args.repeats)]
-        ips, threads = statistics.median(r[0] for r in runs), runs[0][1]
+        ips, threads = medians[("packed", bf16)], threads_per_worker(args.packing)
         each = f"{threads} thread{'s' * (threads > 1)}"
-        loops.append((f"recipe-sweep {name}, {args.packing} processes x {each} (sum)", ips, f"{ips / ref:.2f}x"))
+        loops.append((f"recipe-sweep {bf16}, {args.packing} processes x {each} (sum)", ips, f"{ips / ref:.2f}x"))
     floors = [(f"model step alone, {name}", floor[name], f"{100 * trial[name] / floor[name]:.0f}%")
               for name in PRECISIONS]
     pipes = [(f"recipe-sweep TrainBatches, {name}", ips, f"{ips / ref_pipe:.1f}x") for name, ips in pipe.items()]

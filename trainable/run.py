@@ -18,6 +18,7 @@ from .augment import Normalize, TrainBatches, eval_batches
 from .config import TrialConfig
 from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
 from .ghost_bn import apply_ghost_bn
+from .host_memory import keep_freed_memory
 from .model_io import load_model, save_model
 from .models import build_model
 from .objective import Objective
@@ -164,6 +165,8 @@ class Training:
         self.cfg, tc = cfg, cfg.train
         self.device = device = resolve_device(tc.device)
         check(cfg, device)
+        if device.type == "cpu":
+            keep_freed_memory()
         torch.manual_seed(tc.seed)
         splits = data.load(cfg.data)
         self.num_classes, self.in_channels = splits.num_classes, splits.in_channels
