@@ -6,11 +6,12 @@ per step, and the seconds the kernel spent on the process (faulting in and
 zeroing pages). Rounds alternate the two settings so the machine's drift hits
 both alike; the medians and their ratio are shown.
 
-    python benchmarks/host_memory.py [--images 6400] [--depth 20] [--threads 1,2] [--repeats 3]
+    python benchmarks/host_memory.py [--images 2048] [--depths 8,20] [--threads 1,2] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -45,33 +46,37 @@ def child(setting: str, images: int, depth: int, threads: int) -> None:
                       "kernel_s_per_step": (after.ru_stime - before.ru_stime) / steps}))
 
 
-def measure(setting: str, args, threads: int) -> dict[str, float]:
+def measure(setting: str, args, depth: int, threads: int) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--child", setting, "--images", str(args.images),
-                          "--depth", str(args.depth), "--threads", str(threads)],
+                          "--depths", str(depth), "--threads", str(threads)],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=6400)
-    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--depths", default="8,20", help="ResNet-preact depths, one table row each")
     ap.add_argument("--threads", default="1,2", help="torch threads of the trial, one table row each")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.images, args.depth, int(args.threads))
-    print(f"# ResNet-preact-{args.depth}, Fashion-MNIST, {args.images} images, batch 128, bf16 + channels_last")
-    print("| threads | setting | images/s | page faults per step | kernel ms per step | images/s vs default |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for threads in (int(t) for t in args.threads.split(",")):
-        rounds = [{s: measure(s, args, threads) for s in SETTINGS} for _ in range(args.repeats)]
+        return child(args.child, args.images, int(args.depths), int(args.threads))
+    print(f"# ResNet-preact, Fashion-MNIST, {args.images} images, batch 128, bf16 + channels_last")
+    print("| depth | threads | setting | images/s | page faults per step | kernel ms per step | images/s vs default |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for depth, threads in itertools.product(_ints(args.depths), _ints(args.threads)):
+        rounds = [{s: measure(s, args, depth, threads) for s in SETTINGS} for _ in range(args.repeats)]
         med = {s: {k: statistics.median(r[s][k] for r in rounds) for k in rounds[0][s]} for s in SETTINGS}
         base = med[SETTINGS[0]]["images_per_s"]
         for s in SETTINGS:
             m = med[s]
-            print(f"| {threads} | {s} | {m['images_per_s']:,.0f} | {m['faults_per_step']:,.0f} | "
+            print(f"| {depth} | {threads} | {s} | {m['images_per_s']:,.0f} | {m['faults_per_step']:,.0f} | "
                   f"{1000 * m['kernel_s_per_step']:.1f} | {m['images_per_s'] / base:.3f}x |")
 
 

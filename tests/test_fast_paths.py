@@ -136,6 +136,6 @@ def test_cpu_training_steps_reuse_freed_memory_instead_of_faulting_in_pages():
     # activations go back to the kernel; with them kept, 0-100 (the heap still settling).
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "benchmarks/host_memory.py", "--child", "kept", "--images", "2048",
-                          "--depth", "8", "--threads", "2"], capture_output=True, text=True, check=True, cwd=root)
+                          "--depths", "8", "--threads", "2"], capture_output=True, text=True, check=True, cwd=root)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert measured["faults_per_step"] < 500, measured

@@ -1,12 +1,16 @@
 """Keep freed host memory in the process, so CPU training steps stop faulting in fresh pages.
 
-glibc gives large blocks back to the kernel when they are freed (mmap for
-blocks above a threshold, trimming the heap top), so each training step
-allocates activations in pages the kernel must fault in and zero again:
-3,000-6,000 page faults per step of ResNet-preact-20 at batch 128, 3-6% of a
-CPU step spent in the kernel (BENCHMARKS.md). Raising both thresholds once per
-process lets freed blocks be reused; the cost is that the process keeps its
-peak heap, which the next step or trial reuses anyway.
+glibc gives large freed blocks back to the kernel (mmap above a threshold,
+trimming the heap top), so a training step can allocate its activations in
+pages the kernel must fault in and zero again. glibc raises both thresholds
+as it frees large blocks, so whether steps keep faulting depends on the
+trial's allocation history: ResNet-preact-8 at batch 128 faulted 4,800-5,900
+pages per step for as long as it ran, 10 ms of kernel time per step, and
+trained 1.14-1.23x faster with them kept; ResNet-preact-20 settled without
+faults after its first epoch (`benchmarks/host_memory.py`, BENCHMARKS.md).
+Raising both thresholds once per process makes every trial reuse its freed
+blocks from the first step; the cost is that the process keeps its peak heap,
+which the next step or trial reuses anyway.
 """
 from __future__ import annotations
 
