@@ -107,11 +107,11 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="overhead-"))
     spec = parse_spec(spec_text("overhead", 1, args.epochs), "overhead.yaml")
     train(spec.config({"optim.lr": 0.05}))  # warm-up: data load, kernels
-    count = iter(range(1000))
+    count, run_id = iter(range(1000)), folder.name.rsplit("-", 1)[-1]
 
     def sweep(engine_line: str, url_of):
         def time_of(n: int) -> float:
-            name = f"overhead{next(count)}"
+            name = f"overhead{run_id}_{next(count)}"  # a --postgres database outlives the run: new names
             return engine(engine_line + spec_text(name, n, args.epochs), url_of(name), str(folder))
         return time_of
 
