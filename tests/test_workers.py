@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 import analysis
 from conftest import ROOT, tiny_spec, wait_for
@@ -34,6 +35,10 @@ def trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     except KeyError:  # not created yet
+        return []
+    except sqlalchemy.exc.OperationalError as e:  # the sweep is creating the tables this moment
+        if "already exists" not in str(e):
+            raise
         return []
 
 
