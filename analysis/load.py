@@ -63,9 +63,11 @@ def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def _params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """Sampled, fixed and derived values by dotted key (the last two are user attrs: Optuna
-    cannot store a list, and a derived value is not sampled); 'key[cond]' folds into 'key'."""
+    cannot store a list, and a derived value is not sampled); 'key[cond]' folds into 'key'.
+    """
     attrs = {k.partition(".")[2]: v for k, v in t.user_attrs.items() if k.startswith(("fixed.", "derived."))}
-    return {k.split("[", 1)[0]: v for k, v in {**t.params, **attrs}.items()}
+    # A list (e.g. model.stage_channels) becomes a tuple, so pandas can group and count by it.
+    return {k.split("[", 1)[0]: tuple(v) if isinstance(v, list) else v for k, v in {**t.params, **attrs}.items()}
 
 
 def _base_seed(t) -> int:

@@ -249,3 +249,24 @@ def test_lr_bins_and_the_kinds_a_frame_fits():
     fig = plot("lr", frame)
     assert "2 runs with optim.lr <= 0" in fig.layout.annotations[0].text
     assert sum(len(t.x) for t in fig.data) == len(frame) - 2
+
+
+def test_a_list_valued_parameter_groups_and_draws(tmp_path):
+    # A fixed list under when: (the architectures cpu preset sets VGG's stage widths this way) reached
+    # the frame as a Python list, which pandas cannot hash: counting or grouping by it raised TypeError.
+    spec = tiny_spec("widths", sampler={"name": "grid"}, space={
+        "model.name": {"grid": ["resnet_preact", "vgg"]},
+        "model.stage_channels": {"fixed": [4, 8], "when": {"model.name": "vgg"}},
+        "model.stage_layers": {"fixed": [1, 1], "when": {"model.name": "vgg"}},
+        "model.depth": {"fixed": 8, "when": {"model.name": "resnet_preact"}},
+        "model.base_channels": {"fixed": 4, "when": {"model.name": "resnet_preact"}}})
+    spec["base"]["model"] = {}
+    del spec["budget"]
+    frame, _ = _run(spec, tmp_path)
+    assert (frame["state"] == "complete").all()
+    assert frame.groupby("model.stage_channels")["model.name"].agg(set).to_dict() == {(4, 8): {"vgg"}}
+    assert {"parallel", "history"} <= set(kinds_for(frame))
+    dims = plot("parallel", frame).data[0].dimensions
+    assert dims[0].label == "model.name" and list(dims[0].ticktext) == ["resnet_preact", "vgg"]
+    assert [b for b in plot("ablation", frame, by="model.name").data[0].x] in (["resnet_preact", "vgg"],
+                                                                               ["vgg", "resnet_preact"])
