@@ -270,3 +270,18 @@ def test_a_list_valued_parameter_groups_and_draws(tmp_path):
     assert dims[0].label == "model.name" and list(dims[0].ticktext) == ["resnet_preact", "vgg"]
     assert [b for b in plot("ablation", frame, by="model.name").data[0].x] in (["resnet_preact", "vgg"],
                                                                                ["vgg", "resnet_preact"])
+
+
+def test_parallel_draws_configurations_without_a_conditional_parameter():
+    # plotly's parcoords drops any line with a missing value, so in a conditional space (a parameter
+    # only some configurations have) it drew no line at all; the missing values now sit at "-".
+    frame = hand_frame()
+    frame["model.drop_path"] = np.where(frame["variant"] == "a", np.nan, 0.1 + 0.01 * frame["trial"])
+    frame.attrs["params"] = [*frame.attrs["params"], "model.drop_path"]
+    dims = {d.label: d for d in plot("parallel", frame).data[0].dimensions}
+    drop = dims["model.drop_path"]
+    assert not np.isnan(np.asarray(drop.values, dtype=float)).any()
+    assert drop.ticktext[0] == "-" and min(drop.values) == drop.tickvals[0] < 0.1
+    assert sum(v == drop.tickvals[0] for v in drop.values) == 3  # trials 0-2 (variant a) lack it
+    assert list(dims["optim.lr"].values) == pytest.approx([0.1, 0.01, 0.1, 0.1])  # none missing: as it was
+    assert dims["optim.lr"].tickvals is None

@@ -37,16 +37,27 @@ def ablation(frame, metric=None, by=None, spread="minmax"):
 
 
 def _axis(values: pd.Series, name: str) -> dict:
-    """A parallel-coordinates axis: categories as ticked codes, lr-like ranges as log10."""
+    """A parallel-coordinates axis: categories as ticked codes, lr-like ranges as log10.
+
+    A parameter a configuration does not have (a conditional one, inactive) shows as "-": plotly
+    drops every line with a missing value, so a conditional space would otherwise draw no line.
+    """
     if not pd.api.types.is_numeric_dtype(values):
         labels = values.astype(str).where(values.notna(), "-")
         cats = sorted(set(labels))
         return {"label": name, "values": labels.map(cats.index), "tickvals": list(range(len(cats))),
                 "ticktext": cats}
     v = values.astype(float)
-    if (v > 0).all() and v.max() / v.min() >= 100:
-        return {"label": f"log10({name})", "values": np.log10(v)}
-    return {"label": name, "values": v}
+    present = v.dropna()
+    if (present > 0).all() and present.max() / present.min() >= 100:
+        v, name = np.log10(v), f"log10({name})"
+    if not v.isna().any():
+        return {"label": name, "values": v}
+    lo, hi = v.min(), v.max()
+    missing = lo - 0.2 * ((hi - lo) or 1.0)  # below the axis's range, with a tick of its own
+    ticks = list(np.linspace(lo, hi, 5)) if hi > lo else [lo]
+    return {"label": name, "values": v.fillna(missing), "tickvals": [missing] + ticks,
+            "ticktext": ["-"] + [f"{t:.3g}" for t in ticks]}
 
 
 def _varied_params(frame):
