@@ -168,7 +168,7 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
     final: dict[str, Any] = {FINAL: 1}
     try:
         final[metric] = run_seeds(spec, values, on_epoch, on_run, pruned=(SystemExit,), checkpoint_dir=local,
-                                  save_first=True)
+                                  save_first=True, adopt=True)
     except TrialError as e:
         final[ERROR] = str(e)
     except Exception as e:  # a bug: recorded like the Optuna engine records it, and the sweep goes on

@@ -42,7 +42,8 @@ def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
               on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
-              checkpoint_dir: str | Path | None = None, save_first: bool = False, isolate: bool = False) -> float:
+              checkpoint_dir: str | Path | None = None, save_first: bool = False, isolate: bool = False,
+              adopt: bool = False) -> float:
     """Train `values` once per seed, side by side; the objective is the median over seeds.
 
     `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
@@ -51,6 +52,8 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     from its checkpoint there and the folder is removed once the trial ends;
     `save_first` writes the epoch's checkpoints before on_epoch (Ray attaches
     them to its report), else after it (the Optuna engine records first).
+    A checkpoint there of another config is left alone (Training.load) unless
+    `adopt`: Ray hands a trial only its own or, under PBT, its donor's.
     With `isolate` it all runs in a fresh process (isolated.py).
     """
     if isolate:
@@ -62,7 +65,7 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     with cpu_threads(configs[0].train.threads):
         try:
             with out_of_memory_fails_the_trial():
-                results = _advance(configs, runs, paths, on_epoch, save_first)
+                results = _advance(configs, runs, paths, on_epoch, save_first, adopt)
         except BaseException as e:
             if isinstance(e, pruned) or isinstance(e, TrialError):
                 state = "pruned" if isinstance(e, pruned) else "failed"
@@ -76,12 +79,13 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     return statistics.median(res[spec.objective.metric] for res in results)
 
 
-def _advance(configs, runs: list[Training], paths, on_epoch: EpochHook, save_first: bool) -> list[dict]:
+def _advance(configs, runs: list[Training], paths, on_epoch: EpochHook, save_first: bool,
+             adopt: bool) -> list[dict]:
     """Build (or resume) every seed's run, then step them an epoch at a time to the end."""
     for i, cfg in enumerate(configs):
         runs.append(Training(cfg))
         if paths and paths[i].exists():
-            runs[i].load(paths[i])
+            runs[i].load(paths[i], any_config=adopt)
     while not all(r.done for r in runs):
         epoch = max(r.epochs_done for r in runs) + 1
         for r in runs:

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import TINY_BASE
-from trainable import ConfigError, from_flat, train
+from trainable import ConfigError, from_flat, train, with_key
 from trainable.config import Augment, Train, flatten
 from trainable.ghost_bn import GhostBatchNorm2d, apply_ghost_bn
 from trainable.model_io import load_model
@@ -132,6 +132,24 @@ def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_res
     assert len(saved["history"]) == 3
 
 
+def test_a_checkpoint_of_another_config_at_the_path_is_not_resumed(tmp_path):
+    # A study made again under the same name numbers its trials from 0, so its trial 0 finds the
+    # checkpoint a killed trial 0 of the old study left behind: that must not become its start.
+    checkpoint = tmp_path / "trial-0" / "seed0.pt"
+    train(tiny(**{"train.epochs": 1, "optim.lr": 0.3}), checkpoint=checkpoint)
+    assert len(torch.load(checkpoint, weights_only=True)["history"]) == 1
+    epochs = []
+    other = tiny(**{"train.epochs": 2, "optim.lr": 0.05})
+    result, fresh = train(other, lambda epoch, m: epochs.append(epoch), checkpoint), train(other)
+    assert epochs == [1, 2]  # trained from scratch, not from the old run's epoch 1
+    assert [result[k] for k in ("train_loss", "test_error")] == [fresh[k] for k in ("train_loss", "test_error")]
+    assert torch.load(checkpoint, weights_only=True)["config"]["optim"]["lr"] == 0.05  # and it took the path over
+    # The same config with another thread count is the same run: it resumes.
+    epochs.clear()
+    train(with_key(other, "train.threads", 1), lambda epoch, m: epochs.append(epoch), checkpoint)
+    assert epochs == []
+
+
 def test_a_checkpoint_resumed_under_another_lr_keeps_its_weights_and_takes_the_new_hyperparameters(tmp_path):
     # What PBT does: a clone continues another trial's checkpoint with perturbed lr and weight decay.
     from trainable.run import Training
@@ -140,7 +158,8 @@ def test_a_checkpoint_resumed_under_another_lr_keeps_its_weights_and_takes_the_n
     donor.epoch()
     donor.save(tmp_path / "seed0.pt")
     clone = Training(tiny(**{**base, "optim.lr": 0.05, "optim.weight_decay": 1e-3}))
-    clone.load(tmp_path / "seed0.pt")
+    assert not clone.load(tmp_path / "seed0.pt") and clone.history == []  # another config: not by default
+    assert clone.load(tmp_path / "seed0.pt", any_config=True)
     steps = donor.sched.last_epoch
     assert clone.sched.last_epoch == steps and clone.history == donor.history
     factor = donor.sched.lr_lambdas[0](steps)

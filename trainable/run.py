@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import data, optim, schedules
 from .augment import Normalize, TrainBatches, eval_batches
-from .config import TrialConfig
+from .config import TrialConfig, to_dict
 from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
 from .ghost_bn import apply_ghost_bn
 from .host_memory import keep_freed_memory
@@ -322,8 +322,25 @@ class Training:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save({**self.state_dict(), "config": self._identity()}, tmp)
         os.replace(tmp, path)
 
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+    def load(self, path: str | Path, any_config: bool = False) -> bool:
+        """Resume from a checkpoint of this same config (True), or load nothing (False).
+
+        A checkpoint of another config is one a different sweep left at the same path (a study of
+        the same name made again, whose trial got the same number): resuming it would train one
+        config's weights under another's name. `any_config` takes it anyway: PBT resumes a clone
+        from its donor's checkpoint under perturbed hyperparameters.
+        """
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if not any_config and state.get("config") != self._identity():
+            return False
+        self.load_state_dict(state)
+        return True
+
+    def _identity(self) -> dict:
+        """The config as a checkpoint records it, less the thread count (a speed setting)."""
+        config = to_dict(self.cfg)
+        config["train"] = {k: v for k, v in config["train"].items() if k != "threads"}
+        return config
