@@ -127,24 +127,33 @@ def compute_floor(cfg: TrialConfig, splits: tdata.Splits, iters: int, warmup: in
     return iters * len(y) / (time.perf_counter() - t0)
 
 
-def _conventional_trial(cfg: TrialConfig, workers: int, results) -> None:
+def spawned(target, args: tuple, n: int = 1) -> list[float]:
+    """What `target(*args, barrier, results)` puts on `results`, run in n fresh spawned processes at once
+    (fresh interpreters, as sweep workers and users' scripts are); the barrier starts the measured parts together."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    return rates
+
+
+def _conventional_trial(cfg: TrialConfig, workers: int, barrier, results) -> None:
     splits = tdata.load(cfg.data)
     few = dataclasses.replace(splits, train_x=splits.train_x[:4 * cfg.train.batch_size],
                               train_y=splits.train_y[:4 * cfg.train.batch_size])
     conventional.train(cfg, few, workers)  # warm-up: kernels, allocator
+    barrier.wait()
     results.put(conventional.train(cfg, splits, workers)[0])
 
 
 def conventional_in_fresh_process(cfg: TrialConfig, workers: int) -> float:
     """Images/s of the conventional loop run as a user's script runs: in a process of its own, so
     nothing this package sets for its trials (threads, malloc thresholds) carries over to it."""
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    proc = ctx.Process(target=_conventional_trial, args=(cfg, workers, results))
-    proc.start()
-    rate = results.get(timeout=3600)
-    proc.join()
-    return rate
+    return spawned(_conventional_trial, (cfg, workers))[0]
 
 
 def _packed_trial(cfg: TrialConfig, threads: int, barrier, results) -> None:
@@ -157,16 +166,7 @@ def _packed_trial(cfg: TrialConfig, threads: int, barrier, results) -> None:
 
 def packed(cfg: TrialConfig, n: int) -> float:
     """Summed images/s of n trials of cfg in n processes at once, the threads divided as sweep workers'."""
-    threads = threads_per_worker(n)
-    ctx = multiprocessing.get_context("spawn")  # fresh processes, as sweep workers are
-    barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_packed_trial, args=(cfg, threads, barrier, results)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    rates = [results.get(timeout=3600) for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
+    return sum(spawned(_packed_trial, (cfg, threads_per_worker(n)), n))
 
 
 def base_config(args, device: str) -> dict:

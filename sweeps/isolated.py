@@ -36,7 +36,8 @@ class _Pruned(Exception):
     """The parent's pruner stopped the trial."""
 
 
-def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool) -> None:
+def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool,
+           adopt: bool) -> None:
     from .trial import run_seeds
 
     def on_epoch(epoch, per_seed):
@@ -46,7 +47,7 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
 
     try:
         value = run_seeds(spec, values, on_epoch, lambda rows: conn.send(("runs", rows)), pruned=(_Pruned,),
-                          checkpoint_dir=checkpoint_dir, save_first=save_first)
+                          checkpoint_dir=checkpoint_dir, save_first=save_first, adopt=adopt)
         conn.send(("done", value))
     except _Pruned:
         conn.send(("pruned",))
@@ -60,12 +61,13 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
 
 def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable,
                        on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...],
-                       checkpoint_dir: str | Path | None, save_first: bool) -> float:
+                       checkpoint_dir: str | Path | None, save_first: bool, adopt: bool) -> float:
     """`run_seeds` in a spawned process, with the same callbacks and outcomes."""
     spawn = mp.get_context("spawn")  # a fresh interpreter: nothing of this process's CUDA state
     parent, child = spawn.Pipe()
     proc = spawn.Process(
-        target=_child, args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first),
+        target=_child,
+        args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first, adopt),
         daemon=True, name="sweep-trial")
     proc.start()
     child.close()

@@ -58,7 +58,7 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     """
     if isolate:
         from .isolated import run_seeds_isolated
-        return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first)
+        return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first, adopt)
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
     paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
     runs: list[Training] = []
