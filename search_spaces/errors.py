@@ -1,8 +1,10 @@
 """Spec errors that say where (file:line), what (key and rule) and how to fix."""
 from __future__ import annotations
 
+from trainable.errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError, ValueError):
     def __init__(self, source: str, line: int | None, key: str, message: str, fix: str = ""):
         self.source, self.line, self.key, self.message, self.fix = source, line, key, message, fix
         where = f"{source}:{line}" if line else source

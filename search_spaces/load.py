@@ -153,7 +153,8 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         raise where.error(("presets",), "presets is a mapping of name: {key: value}", "write presets: {cpu: {...}}")
     reference = parse_reference(raw.get("reference"), base, space, variants, where)
     return SweepSpec(name=name, source=where.source, engine=engine, seeds=seeds, base=base, space=space,
-                     variants=variants, presets=tuple(presets), reference=tuple(reference), raw=raw, **blocks)
+                     variants=variants, presets=tuple(presets), reference=tuple(reference), raw=raw, where=where,
+                     **blocks)
 
 
 def _unknown(where: Where, path: tuple, key: str, known) -> SpecError:

@@ -5,18 +5,18 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from trainable import metrics
 from trainable.config import TrialConfig, get_key, opt, with_key
 from trainable.errors import ConfigError
 
 from .derive import Derive, ExprError
 from .dists import Grid
 
-OBJECTIVE_METRICS = ("val_error", "best_val_error", "val_loss", "test_error", "train_loss")
 
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str = opt("val_error", "metric the sampler optimises", OBJECTIVE_METRICS)
+    metric: str = opt(metrics.VAL_ERROR, "metric the sampler optimises", metrics.OBJECTIVES)
     mode: str = opt("min", "min | max", ("min", "max"))
 
 
@@ -97,6 +97,14 @@ class SweepSpec:
     presets: tuple[str, ...] = ()
     reference: tuple = ()  # Reference rows (search_spaces.reference), metrics as fractions
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # after presets and --set
+    where: Any = field(default=None, compare=False, repr=False)  # errors.Where: file:line of every entry
+
+    def error(self, path: tuple, message: str, fix: str = "", key: str | None = None) -> Exception:
+        """A SpecError at the file:line of `path` (e.g. ("pruner", "name")), for checks after loading."""
+        if self.where is None:
+            from .errors import SpecError
+            return SpecError(self.source, None, key or ".".join(map(str, path)), message, fix)
+        return self.where.error(path, message, fix, key)
 
     @property
     def grid_params(self) -> tuple[Param, ...]:

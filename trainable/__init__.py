@@ -1,7 +1,23 @@
-"""One trial: typed config in, per-epoch metrics out (`train(config, report)`)."""
-from .config import TrialConfig, from_flat, to_dict, with_key
-from .errors import ConfigError, DatasetMissing, Diverged, TrialError
-from .run import Report, train
+"""One trial: typed config in, per-epoch metrics out (`train(config, report)`).
 
-__all__ = ["TrialConfig", "train", "Report", "with_key", "from_flat", "to_dict",
-           "TrialError", "ConfigError", "Diverged", "DatasetMissing"]
+The names below load lazily, so that `import trainable.config` (the spec
+language and the analysis layer read it) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TrialConfig": "config", "from_flat": "config", "to_dict": "config", "with_key": "config",
+    "UserError": "errors", "TrialError": "errors", "ConfigError": "errors", "Diverged": "errors",
+    "DatasetMissing": "errors",
+    "Report": "run", "train": "run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trainable' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -342,6 +342,20 @@ def to_dict(cfg) -> dict:
             for f in fields(cfg)}
 
 
+def non_defaults(cfg: TrialConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dotted keys whose values differ from the defaults (lists as lists), less `ignore`.
+
+    The identity of a config wherever one is compared across releases (a sweep's
+    fingerprint, a checkpoint's config): a release that adds a key at a default
+    that changes nothing leaves every identity as it was.
+    """
+    default = flatten(to_dict(TrialConfig()))
+    return {k: v for k, v in flatten(to_dict(cfg)).items() if k not in ignore and default.get(k, _ABSENT) != v}
+
+
+_ABSENT = object()
+
+
 def get_key(cfg, key: str):
     for part in key.split("."):
         cfg = getattr(cfg, part)

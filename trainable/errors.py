@@ -1,7 +1,23 @@
-"""Errors a trial can end with; engines record them as the trial's reason."""
+"""Errors a trial can end with; engines record them as the trial's reason.
+
+`UserError` is the root of every error the user can act on, in every layer
+(a spec, a config value, a storage, a missing sweep): the CLI prints it as
+one line and exits non-zero. Anything else is a bug and keeps its traceback.
+"""
 
 
-class TrialError(Exception):
+class UserError(Exception):
+    """Something the user can fix (or an expected outcome, such as a diverged trial): one line, no traceback."""
+
+
+class UnknownName(UserError, KeyError):
+    """A name that no registry holds; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TrialError(UserError):
     """A trial cannot go on; the sweep records the reason and continues."""
 
 

@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import data, optim, schedules
 from .augment import Normalize, TrainBatches, eval_batches
-from .config import TrialConfig, to_dict
+from .config import TrialConfig, non_defaults
 from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
 from .ghost_bn import apply_ghost_bn
 from .host_memory import keep_freed_memory
@@ -340,7 +340,6 @@ class Training:
         return True
 
     def _identity(self) -> dict:
-        """The config as a checkpoint records it, less the thread count (a speed setting)."""
-        config = to_dict(self.cfg)
-        config["train"] = {k: v for k, v in config["train"].items() if k != "threads"}
-        return config
+        """The config as a checkpoint records it: its keys that differ from the defaults, as a sweep's
+        fingerprint counts its base, less the thread count (a speed setting)."""
+        return non_defaults(self.cfg, ignore=("train.threads",))
