@@ -1,6 +1,7 @@
 """Finished (or running) sweeps into pandas: one row per trial run (config x seed).
 
-Reads stored results only; it never imports the trainable.
+Reads stored results only, through sweeps.record (the stored record's one home);
+it never imports the trainable or an engine.
 """
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from sweeps import record
 from sweeps.storage import DEFAULT_DIR, resolve, sqlite_file
+from trainable.errors import UserError
 
-META = ["trial", "seed", "state"]
-METRICS = ["val_error", "best_val_error", "test_error", "epochs_done", "duration_s", "images_per_s",
-           "train_loss", "train_error", "val_loss", "error"]
-STATE = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+META = ["trial", record.SEED, record.STATE]
+METRICS = [*record.RUN_KEYS, record.ERROR]
+STATE = {"COMPLETE": record.COMPLETE, "PRUNED": record.PRUNED, "FAIL": record.FAILED, "RUNNING": record.RUNNING,
          "WAITING": "waiting"}
 
 
-class SweepNotFound(LookupError):
-    pass
+class SweepNotFound(UserError, LookupError):
+    """No stored sweep of that name (or no storage where it was looked for)."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def sweep_name(name_or_spec) -> str:
@@ -57,7 +62,7 @@ def open_study(name_or_spec, storage: str | None = None, directory: str | Path =
 def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials without interrupted runs that were retried (their retry stands for them)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retried") for t in trials}
+    retried = {t.user_attrs.get(record.RETRIED) for t in trials}
     return [t for t in trials if t.number not in retried and t.state.name != "WAITING"]
 
 
@@ -65,23 +70,16 @@ def _params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """Sampled, fixed and derived values by dotted key (the last two are user attrs: Optuna
     cannot store a list, and a derived value is not sampled); 'key[cond]' folds into 'key'.
     """
-    attrs = {k.partition(".")[2]: v for k, v in t.user_attrs.items() if k.startswith(("fixed.", "derived."))}
+    attrs = record.recorded_values(t.user_attrs)
     # A list (e.g. model.stage_channels) becomes a tuple, so pandas can group and count by it.
     return {k.split("[", 1)[0]: tuple(v) if isinstance(v, list) else v for k, v in {**t.params, **attrs}.items()}
 
 
-def _base_seed(t) -> int:
-    return int(t.user_attrs.get("config", {}).get("train", {}).get("seed", 0))
-
-
 def _in_flight(t, index: int, state: str) -> dict[str, Any]:
     """The run a trial was on when it stopped (or is on now), from its curve."""
-    curve = t.user_attrs.get(f"curve.{index}", [])
-    last = curve[-1] if curve else {}
-    return {"seed": _base_seed(t) + index, "state": state, "epochs_done": len(curve),
-            "error": t.user_attrs.get("error", "interrupted") if state == "failed" else None,
-            "best_val_error": min((c["val_error"] for c in curve), default=None),
-            **{k: last.get(k) for k in ("val_error", "train_loss", "train_error", "val_loss", "images_per_s")}}
+    error = t.user_attrs.get(record.ERROR, record.INTERRUPTED) if state == record.FAILED else None
+    return record.partial_row(record.base_seed(t.user_attrs) + index,
+                              t.user_attrs.get(record.curve_key(index), []), state, error)
 
 
 def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAULT_DIR) -> pd.DataFrame:
@@ -92,12 +90,13 @@ def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAU
         params = _params(t)
         param_keys.update(dict.fromkeys(params))
         state = STATE.get(t.state.name, t.state.name.lower())
-        runs = list(t.user_attrs.get("runs") or [])
-        if state == "running" or (state == "failed" and not any(r.get("state") == "failed" for r in runs)):
+        runs = list(t.user_attrs.get(record.RUNS) or [])
+        if state == record.RUNNING or (state == record.FAILED
+                                       and not any(r.get(record.STATE) == record.FAILED for r in runs)):
             runs.append(_in_flight(t, len(runs), state))
         for run in runs:
-            rows.append({"trial": t.number, "seed": run.get("seed"), "state": run.get("state", state),
-                         **params, **{k: run.get(k) for k in METRICS}})
+            rows.append({"trial": t.number, record.SEED: run.get(record.SEED),
+                         record.STATE: run.get(record.STATE, state), **params, **{k: run.get(k) for k in METRICS}})
     columns = META + list(param_keys) + METRICS
     frame = pd.DataFrame(rows, columns=columns)
     for col in METRICS:
@@ -106,8 +105,9 @@ def load(name_or_spec, storage: str | None = None, directory: str | Path = DEFAU
     frame.attrs["name"] = study.study_name
     frame.attrs["storage"] = resolve(study.study_name, storage, directory)  # for curves and the study
     frame.attrs["params"] = list(param_keys)
-    frame.attrs["spec"] = study.user_attrs.get("spec", {})
-    frame.attrs["reference"] = study.user_attrs.get("reference", [])  # rows as fractions (with_reference)
+    frame.attrs["spec"] = study.user_attrs.get(record.SPEC, {})
+    frame.attrs["reference"] = study.user_attrs.get(record.REFERENCE, [])  # rows as fractions (with_reference)
+    frame.attrs["schema"] = record.schema(study.user_attrs)
     return frame
 
 
@@ -116,12 +116,9 @@ def curves(name_or_spec, storage: str | None = None, directory: str | Path = DEF
     study = open_study(name_or_spec, storage, directory)
     rows = []
     for t in _trials(study):
-        base = _base_seed(t)
-        for key, curve in t.user_attrs.items():
-            if not key.startswith("curve."):
-                continue
-            seed = base + int(key.split(".", 1)[1])
+        base = record.base_seed(t.user_attrs)
+        for index, curve in record.curves(t.user_attrs).items():
             for point in curve:
-                epoch = point["epoch"]
-                rows += [(t.number, seed, epoch, m, v) for m, v in point.items() if m != "epoch"]
+                epoch = point[record.EPOCH]
+                rows += [(t.number, base + index, epoch, m, v) for m, v in point.items() if m != record.EPOCH]
     return pd.DataFrame(rows, columns=["trial", "seed", "epoch", "metric", "value"])

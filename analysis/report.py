@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.offline
 import yaml
 
+from sweeps import record
 from sweeps.storage import DEFAULT_DIR
 
 from . import figures
@@ -57,7 +58,7 @@ def report(name_or_spec, storage: str | None = None, directory: str | Path = DEF
     name = frame.attrs["name"]
     if frame.empty:
         raise ReportError(f"sweep {name!r} has no trials yet; fix: run `sweep run SPEC` first")
-    engine = open_study(name, frame.attrs["storage"]).user_attrs.get("engine", "optuna")
+    engine = open_study(name, frame.attrs["storage"]).user_attrs.get(record.ENGINE, "optuna")
     drawn, skipped = figure_divs(frame)
     sections = [
         section("spec", "Spec", f"<pre>{esc(yaml.safe_dump(frame.attrs['spec'], sort_keys=False))}</pre>"),

@@ -1,17 +1,15 @@
-"""Engines behind one interface (`ENGINES`); Optuna today."""
-import importlib
+"""Engines behind one interface (`ENGINES`): Optuna and Ray, each imported only when it runs.
 
-from . import optuna_engine  # noqa: F401  (registers the engine)
-from .base import ENGINES, Engine, RunOptions, RunSummary, SweepError
+`import sweeps.storage` or `import sweeps.record` (what analysis reads) loads no engine and no torch.
+"""
+from .base import ENGINES, Engine, RunOptions, RunSummary, SweepError, check
 from .storage import default_url, resolve
 
-ENGINES.register("ray")(lambda: importlib.import_module("sweeps.ray_engine").RayEngine())  # lazy: no ray import
-
-__all__ = ["ENGINES", "Engine", "RunOptions", "RunSummary", "SweepError", "default_url", "resolve", "run"]
+__all__ = ["ENGINES", "Engine", "RunOptions", "RunSummary", "SweepError", "check", "default_url", "resolve", "run"]
 
 
 def run(spec, storage: str, quiet: bool = False, **options) -> RunSummary:
     """Run (or resume) a sweep on the engine its spec names; options are RunOptions fields."""
-    if spec.engine not in ENGINES:
-        raise SweepError(f"engine: {ENGINES.unknown(spec.engine)}; fix: use --engine optuna")
-    return ENGINES.get(spec.engine)().run(spec, RunOptions(storage=storage, quiet=quiet, **options))
+    run_options = RunOptions(storage=storage, quiet=quiet, **options)
+    engine = check(spec, run_options.workers, run_options.address)
+    return engine.run(spec, run_options)

@@ -5,7 +5,8 @@ allocator's blocks, cuDNN's autotuned plans, a fragmented heap after an
 out-of-memory error. A fresh (spawned) process per trial starts each one on
 a clean device. The child runs `run_seeds`; each epoch's metrics come back
 over a pipe, and the engine's answer (go on, or pruned) goes back, so the
-engine's pruner, storage and heartbeat stay in the parent.
+engine's pruner, storage and heartbeat stay in the parent. `run` is what
+engines call: a trial in a fresh process or here, as `wanted` says.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any
 
 from search_spaces import SweepSpec
 from trainable import TrialError
+
+from . import record
+from .trial import run_seeds
 
 ISOLATE = ("auto", "always", "never")
 
@@ -38,8 +42,6 @@ class _Pruned(Exception):
 
 def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool,
            adopt: bool) -> None:
-    from .trial import run_seeds
-
     def on_epoch(epoch, per_seed):
         conn.send(("epoch", epoch, [dict(m) for m in per_seed]))
         if conn.recv() == "prune":
@@ -56,7 +58,19 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent handles it
         pass
     except BaseException as e:  # a bug: its text goes to the engine, which records it
-        conn.send(("bug", f"{type(e).__name__}: {e}"))
+        conn.send(("bug", record.bug_text(e)))
+
+
+def run(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable, on_run: Callable[[list[dict]], None], *,
+        pruned: tuple[type[BaseException], ...] = (), checkpoint_dir: str | Path | None = None,
+        save_first: bool = False, adopt: bool = False, isolate: bool | None = None) -> float:
+    """`trial.run_seeds`, in a fresh process when `isolate` (None: when `wanted`), else here."""
+    if isolate is None:
+        isolate = wanted(spec, values)
+    if isolate:
+        return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first, adopt)
+    return run_seeds(spec, values, on_epoch, on_run, pruned=pruned, checkpoint_dir=checkpoint_dir,
+                     save_first=save_first, adopt=adopt)
 
 
 def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable,

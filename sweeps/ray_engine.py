@@ -26,16 +26,11 @@ further experiment (`<name>-2`, ...) for the missing trials; grid points
 continue their cycle from the trials already in the study. A restored
 experiment keeps the sampler, pruner and resources it started with.
 
-Measured per-trial cost (2-core CPU, ray 2.60, torch 2.14, optuna 5; tiny
-trial: Fashion-MNIST subset 256, resnet_preact depth 8, 4 channels, 1 epoch;
-workers 1, Ray already initialised; the slope between runs of 2 and 12
-trials, so `ray.init` and the Tuner's start, ~4-5 s a run, are left out):
-    bare run_seeds call                        0.13 s per trial
-    Ray, reuse_actors=True  (the CPU default)  0.20-0.22 s per trial (+0.06-0.09 s)
-    Ray, reuse_actors=False                    5.8-6.4 s per trial (+5.6-6.2 s)
 A fresh actor re-imports torch, Ray Tune and this package and reloads the data
-set for every trial. Hence reuse_actors is on for CPU trials; GPU trials get a
-fresh actor each, so no CUDA memory cache is carried from trial to trial.
+set for every trial, which costs far more than a small trial itself
+(BENCHMARKS.md, "Engine overhead"). Hence reuse_actors is on for CPU trials;
+GPU trials get a fresh actor each, so no CUDA memory cache is carried from
+trial to trial.
 
 PBT (`pruner: {name: pbt}`, Ray only): see ray_pbt.py. HyperBand pauses
 trials until its bracket fills, so a budget smaller than a bracket prunes
@@ -54,11 +49,9 @@ import logging
 import math
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,11 +69,10 @@ from search_spaces import SweepSpec
 from trainable import TrialError, to_dict
 from trainable.config import with_key
 
-from . import ray_pbt, ray_schedulers
+from . import compat, ray_pbt, ray_schedulers, record, sampling, study as studies
 from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import SAMPLERS, counts_toward_budget, fingerprint, open_study, sample, suggested, summary
 from .progress import Progress
-from .trial import RUN_KEYS, median_metrics, run_seeds, versions
+from .trial import median_metrics, run_seeds, versions
 
 REUSE_ACTORS: bool | None = None   # None: as resources.isolate says (tests and measurements override it)
 PATH_KEYS = ("data.root", "train.teacher", "train.save_model")  # resolved against the driver's folder
@@ -114,7 +106,7 @@ def _absolute(spec: SweepSpec, cwd: str) -> SweepSpec:
 
 def _values(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The spec's values (by key) of a trial's Optuna-named params."""
-    return sample(spec, optuna.trial.FixedTrial(dict(params)))
+    return sampling.sample(spec, optuna.trial.FixedTrial(dict(params)))
 
 
 def _worst(spec: SweepSpec) -> float:
@@ -134,7 +126,8 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
     try:
         values = _values(spec, config)
     except TrialError as e:  # a derive that cannot be computed: the trial fails with its reason
-        tune.report({FINAL: 1, ERROR: str(e), metric: _worst(spec), "epoch": 0, VERSIONS: json.dumps(versions())})
+        tune.report({FINAL: 1, ERROR: str(e), metric: _worst(spec), record.EPOCH: 0,
+                     VERSIONS: json.dumps(versions())})
         return
     for key in PATH_KEYS:  # a sampled path, made absolute like the base's
         if isinstance(values.get(key), str) and not os.path.isabs(os.path.expanduser(values[key])):
@@ -148,17 +141,17 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
         if (local / "curves.json").exists():
             curves = json.loads((local / "curves.json").read_text())
     first = {VERSIONS: json.dumps(versions()), CURVES: json.dumps(curves),  # sent once per (re)start
-             WORKER: f"{socket.gethostname()}:{os.getpid()} node {ray.get_runtime_context().get_node_id()[:12]}",
-             PARAMS: json.dumps({"epoch": max((c["epoch"] for c in curves[0]), default=0) if curves else 0,
-                                 "params": dict(config)})}  # PBT restarts a trial under new params
+             WORKER: record.worker_id(node=ray.get_runtime_context().get_node_id()[:12]),
+             # PBT restarts a trial under new params: pbt_history records them
+             PARAMS: json.dumps(record.pbt_step(_last_epoch(curves), dict(config)))}
     runs: list[dict] = []
 
     def on_epoch(epoch: int, per_seed) -> None:
         for i, metrics in enumerate(per_seed):
-            curves[i] = [c for c in curves[i] if c["epoch"] < epoch] + [{"epoch": epoch, **metrics}]
+            curves[i] = record.merge_curve(curves[i], epoch, metrics)
         (local / "curves.json").write_text(json.dumps(curves))
         median = median_metrics(per_seed)
-        report = {**median, "epoch": epoch, SEEDS: json.dumps([dict(m) for m in per_seed]), **first}
+        report = {**median, record.EPOCH: epoch, SEEDS: json.dumps([dict(m) for m in per_seed]), **first}
         first.clear()
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(local)))
 
@@ -172,14 +165,18 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
     except TrialError as e:
         final[ERROR] = str(e)
     except Exception as e:  # a bug: recorded like the Optuna engine records it, and the sweep goes on
-        final[ERROR] = f"{type(e).__name__}: {e}"
+        final[ERROR] = record.bug_text(e)
     finally:
         shutil.rmtree(local, ignore_errors=True)
-    last = max((c["epoch"] for c in curves[0]), default=0) if curves else 0
+    last = _last_epoch(curves)
     if ERROR in final:  # the scheduler sees the last epoch's value again, or a stand-in at epoch 0
         final[metric] = median_metrics([c[-1] for c in curves]).get(metric, _worst(spec)) \
             if curves and all(curves) else _worst(spec)
-    tune.report({**first, **final, "epoch": last, RUNS: json.dumps(runs), CURVES: json.dumps(curves)})
+    tune.report({**first, **final, record.EPOCH: last, RUNS: json.dumps(runs), CURVES: json.dumps(curves)})
+
+
+def _last_epoch(curves: list[list[dict]]) -> int:
+    return max((c[record.EPOCH] for c in curves[0]), default=0) if curves else 0
 
 
 def _dirname(trial) -> str:
@@ -195,10 +192,10 @@ class _Space:
         self.spec = spec
 
     def __call__(self, trial) -> None:
-        suggested(self.spec, trial)  # the params are captured by their Optuna names; derives come in the trial
+        sampling.suggested(self.spec, trial)  # the params are captured by their Optuna names; derives come in the trial
 
 
-_DEADLINE: float | None = None  # wall clock after which no new trial starts (budget.minutes)
+_DEADLINE: float | None = None  # after it no new trial starts (budget.minutes: study.deadline)
 
 
 class SweepSearch(OptunaSearch):
@@ -206,7 +203,7 @@ class SweepSearch(OptunaSearch):
     early-stopped trials as PRUNED, and stops suggesting after the time budget."""
 
     def suggest(self, trial_id: str):
-        if _DEADLINE is not None and time.time() > _DEADLINE and trial_id not in self._ot_trials:
+        if studies.past(_DEADLINE) and not compat.searcher_has_trial(self, trial_id):
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
@@ -216,7 +213,7 @@ class SweepSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
+        if not compat.searcher_has_trial(self, trial_id):
             return
         if result and ERROR in result:
             result, error = None, True
@@ -227,10 +224,10 @@ class SweepSearch(OptunaSearch):
 
 def _search(spec: SweepSpec, trials, samples: int) -> tuple[Any, dict | None]:
     """Ray's search algorithm and param_space."""
-    sampler = SAMPLERS.get(spec.sampler.name)(spec.sampler.seed + len(trials))  # a later experiment draws anew
+    sampler = sampling.SAMPLERS.get(spec.sampler.name)(spec.sampler.seed + len(trials))  # a later experiment draws anew
     points = None
     if spec.sampler.name == "grid" and spec.grid_params:
-        points = _grid_queue(spec, trials, samples if samples >= 0 else GRID_CYCLES_UNBUDGETED * len(
+        points = sampling.grid_queue(spec, trials, samples if samples >= 0 else GRID_CYCLES_UNBUDGETED * len(
             spec.grid_points()))
     if spec.pruner.name == "pbt":  # Ray's PBT takes no search algorithm: the population is drawn here
         return ray_pbt.population(spec, sampler, points or [], samples)
@@ -242,26 +239,6 @@ def _optuna_search(spec: SweepSpec, sampler, points) -> SweepSearch:
         warnings.simplefilter("ignore")
         return SweepSearch(space=_Space(spec), metric=spec.objective.metric, mode=spec.objective.mode,
                            sampler=sampler, points_to_evaluate=points)
-
-
-def _grid_queue(spec: SweepSpec, trials, n: int) -> list[dict[str, Any]]:
-    """The next n grid points, least run first: every point once per cycle of the budget,
-    continuing the cycle of the trials already in the study."""
-    points = spec.grid_points()  # grid params are never conditional: their names are their keys
-    keys = [p.key for p in spec.grid_params]
-    index = {tuple(repr(pt[k]) for k in keys): i for i, pt in enumerate(points)}
-    used = [0] * len(points)
-    for t in trials:
-        if counts_toward_budget(t):
-            i = index.get(tuple(repr(t.params.get(k)) for k in keys))
-            if i is not None:
-                used[i] += 1
-    queue = []
-    for _ in range(n):
-        i = used.index(min(used))
-        used[i] += 1
-        queue.append(points[i])
-    return queue
 
 
 class _Epochs:
@@ -282,7 +259,7 @@ class _Recorder:
     def __init__(self, spec: SweepSpec, study: optuna.Study, progress: Progress, experiment: str):
         self.spec, self.study, self.progress, self.experiment = spec, study, progress, experiment
         trials = study.get_trials(deepcopy=False)
-        self.written = {t.user_attrs["ray_trial_id"] for t in trials if "ray_trial_id" in t.user_attrs}
+        self.written = {t.user_attrs[record.RAY_TRIAL_ID] for t in trials if record.RAY_TRIAL_ID in t.user_attrs}
         self.curves: dict[str, list[list[dict]]] = {}
         self.versions: dict[str, dict] = {}
         self.workers: dict[str, str] = {}
@@ -296,9 +273,8 @@ class _Recorder:
         if CURVES in result:
             curves[:] = json.loads(result[CURVES])
         if SEEDS in result:
-            epoch = result["epoch"]
             for i, metrics in enumerate(json.loads(result[SEEDS])):
-                curves[i] = [c for c in curves[i] if c["epoch"] < epoch] + [{"epoch": epoch, **metrics}]
+                curves[i] = record.merge_curve(curves[i], result[record.EPOCH], metrics)
         if VERSIONS in result:
             self.versions[trial_id] = json.loads(result[VERSIONS])
         if WORKER in result:
@@ -316,33 +292,34 @@ class _Recorder:
         self.result(trial_id, last)
         curves = self.curves.pop(trial_id, [[] for _ in range(spec.seeds)])
         values, params, distributions, fixed = _rebuild(spec, params)
-        attrs: dict[str, Any] = {"config": to_dict(spec.config(values)),
-                                 "versions": self.versions.pop(trial_id, None) or versions(), **fixed}
+        attrs: dict[str, Any] = {record.CONFIG: to_dict(spec.config(values)),
+                                 record.VERSIONS: self.versions.pop(trial_id, None) or versions(), **fixed}
         if trial_id in self.workers:
-            attrs["worker"] = self.workers.pop(trial_id)
+            attrs[record.WORKER] = self.workers.pop(trial_id)
         history = self.params.pop(trial_id, [])
-        if any({k: h["params"].get(k) for k in params} != params for h in history):  # explored by PBT: how it got its final params
-            attrs["pbt_history"] = history
+        if any({k: h[record.PBT_PARAMS].get(k) for k in params} != params for h in history):  # explored by PBT: how it got its final params
+            attrs[record.PBT_HISTORY] = history
         for i, curve in enumerate(curves):
             if curve:
-                attrs[f"curve.{i}"] = curve
+                attrs[record.curve_key(i)] = curve
         value = None
         if ray_error is not None:
-            state, attrs["error"] = TrialState.FAIL, ray_error
+            state, attrs[record.ERROR] = TrialState.FAIL, ray_error
         elif ERROR in last:
-            state, attrs["error"] = TrialState.FAIL, last[ERROR]
-            attrs["runs"] = json.loads(last.get(RUNS) or "[]")
+            state, attrs[record.ERROR] = TrialState.FAIL, last[ERROR]
+            attrs[record.RUNS] = json.loads(last.get(RUNS) or "[]")
         elif FINAL in last:
             state, value = TrialState.COMPLETE, float(last[metric])
-            attrs["runs"] = json.loads(last.get(RUNS) or "[]")
+            attrs[record.RUNS] = json.loads(last.get(RUNS) or "[]")
         else:
             state = TrialState.PRUNED
-            attrs["runs"] = [_pruned_row(spec.base.train.seed + i, curve) for i, curve in enumerate(curves)]
+            attrs[record.RUNS] = [record.partial_row(spec.base.train.seed + i, curve, record.PRUNED)
+                                  for i, curve in enumerate(curves)]
         intermediate = _intermediate(curves, metric)
         if state == TrialState.PRUNED and intermediate:  # as Optuna records a pruned trial
             last_value = intermediate[max(intermediate)]
             value = last_value if math.isfinite(last_value) else None
-        attrs["ray_trial_id"], attrs["ray_experiment"] = trial_id, self.experiment
+        attrs[record.RAY_TRIAL_ID], attrs[record.RAY_EXPERIMENT] = trial_id, self.experiment
         now = datetime.now()
         seconds = float(last.get("time_total_s") or 0.0)
         frozen = optuna.trial.create_trial(state=state, value=value, params=dict(params), distributions=distributions,
@@ -351,7 +328,7 @@ class _Recorder:
         self.study.add_trial(frozen)
         self.written.add(trial_id)
         added = next(t for t in reversed(self.study.get_trials(deepcopy=False))
-                     if t.user_attrs.get("ray_trial_id") == trial_id)
+                     if t.user_attrs.get(record.RAY_TRIAL_ID) == trial_id)
         self.progress.trial_done(self.study, added)
 
 
@@ -368,10 +345,10 @@ def _rebuild(spec: SweepSpec, config: dict[str, Any]):
     study.enqueue_trial(dict(config))
     trial = study.ask()
     try:
-        values = sample(spec, trial)
+        values = sampling.sample(spec, trial)
     except TrialError:  # a derive that failed: the trial's error names it; its sampled values stand
-        values = suggested(spec, trial)
-    fixed = {k: v for k, v in trial.user_attrs.items() if k.startswith(("fixed.", "derived."))}
+        values = sampling.suggested(spec, trial)
+    fixed = record.value_attrs(trial.user_attrs)
     return values, dict(trial.params), dict(trial.distributions), fixed
 
 
@@ -381,16 +358,8 @@ def _intermediate(curves: list[list[dict]], metric: str) -> dict[int, float]:
     for curve in curves:
         for point in curve:
             if metric in point:
-                by_epoch.setdefault(point["epoch"], []).append(point[metric])
+                by_epoch.setdefault(point[record.EPOCH], []).append(point[metric])
     return {e: statistics.median(v) for e, v in sorted(by_epoch.items()) if len(v) == len(curves)}
-
-
-def _pruned_row(seed: int, curve: list[dict]) -> dict:
-    """A seed's run row for a trial stopped early, as run_seeds writes it."""
-    last = curve[-1] if curve else {}
-    return {"seed": seed, **{k: last.get(k) for k in RUN_KEYS if k in last}, "state": "pruned",
-            "epochs_done": len(curve), "best_val_error": min((c["val_error"] for c in curve), default=None),
-            "error": None}
 
 
 _ACTIVE: _Recorder | None = None  # the running sweep's recorder (callbacks are pickled with the experiment)
@@ -427,7 +396,12 @@ def _ray_error(trial) -> str:
         text = trial.get_error() or ""
     except Exception:  # storage gone: the reason is lost, the failure is not
         text = ""
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return _ray_failure(text)
+
+
+def _ray_failure(error) -> str:
+    """A trial that Ray failed (its actor died, an error outside run_seeds): the error's last line."""
+    lines = [line for line in str(error or "").strip().splitlines() if line.strip()]
     return "ray: " + (lines[-1].strip()[:300] if lines else "the trial's actor failed")
 
 
@@ -448,19 +422,28 @@ def _env(**values: str):
 
 
 class RayEngine:
+    joins_workers = False  # Ray schedules its own trials: `sweep worker` has nothing to join
+
+    def check(self, spec: SweepSpec, workers: int | None = None, address: str | None = None) -> None:
+        """What the Ray engine refuses in a spec (sweeps.check runs it before anything starts)."""
+        sampling.check(spec)
+        ray_schedulers.check(spec)
+
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         global _ACTIVE, _DEADLINE
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        self.check(spec, options.workers, options.address)
         scheduler = ray_schedulers.scheduler(spec, _Epochs(spec))  # its errors come before anything is stored or started
-        study = open_study(spec, options.storage)
-        study.set_user_attr("engine", "ray")
+        study, _ = studies.open_study(spec, options.storage, "ray")
+        study.set_user_attr(record.ENGINE, "ray")
         budget = spec.trials
         trials = study.get_trials(deepcopy=False)
-        finished = sum(map(counts_toward_budget, trials))
+        before = studies.counted(study)
+        finished = len(before)
         storage = Path(options.run_dir).expanduser().resolve() / "ray"
-        ledger = _Ledger(storage / f"{spec.name}.sweep.json", fingerprint(spec), spec.name)
+        ledger = _Ledger(storage / f"{spec.name}.sweep.json", studies.fingerprint(spec), spec.name)
         if budget is not None and finished >= budget:
-            return summary(study, spec, interrupted=False)
+            return studies.summary(study, spec, False, before)
         name, restore = ledger.experiment(trials)
         samples = -1 if budget is None else budget - finished
 
@@ -474,7 +457,7 @@ class RayEngine:
             started = True
         progress = Progress(spec, budget, finished, quiet=options.quiet)
         _ACTIVE = _Recorder(spec, study, progress, name)
-        _DEADLINE = time.time() + 60 * spec.budget.minutes if spec.budget.minutes else None
+        _DEADLINE = studies.deadline(spec)
         interrupted = False
         try:
             trainable = tune.with_resources(
@@ -504,10 +487,8 @@ class RayEngine:
                 metrics = dict(result.metrics or {})
                 metrics.setdefault("trial_id", Path(result.path).name.removeprefix("trial_") if result.path else None)
                 if result.error is not None:
-                    _ACTIVE.finished(metrics["trial_id"], result.config, metrics,
-                                     f"ray: {str(result.error).strip().splitlines()[-1][:300]}"
-                                     if str(result.error).strip() else "ray: the trial failed")
-                elif FINAL in metrics or (remote and metrics.get("epoch")):
+                    _ACTIVE.finished(metrics["trial_id"], result.config, metrics, _ray_failure(result.error))
+                elif FINAL in metrics or (remote and metrics.get(record.EPOCH)):
                     _ACTIVE.finished(metrics["trial_id"], result.config, metrics)
                 if _ACTIVE.keep_checkpoints and (result.error is not None or FINAL in metrics):
                     _drop_checkpoints(result.path)  # kept for clones until the population ended
@@ -518,7 +499,7 @@ class RayEngine:
             progress.close()
             if started:
                 ray.shutdown()
-        result = summary(study, spec, interrupted)
+        result = studies.summary(study, spec, interrupted, before)
         if budget is not None and result.finished < budget and not spec.budget.minutes:
             result = dataclasses.replace(result, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
         return result

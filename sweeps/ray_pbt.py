@@ -22,8 +22,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from search_spaces import SweepSpec
 from search_spaces.dists import LogUniform, Uniform
 
+from . import sampling
 from .base import SweepError
-from .optuna_engine import sample
 
 DOMAINS = {LogUniform: tune.loguniform, Uniform: tune.uniform}
 
@@ -47,16 +47,21 @@ class _Clip:
         return config
 
 
+def check(spec: SweepSpec) -> None:
+    """What PBT needs of a spec: something to perturb and a population."""
+    if not perturbed(spec):
+        raise spec.error(("pruner", "name"), "pbt perturbs continuous parameters, and this space has none "
+                         "(unconditional loguniform or uniform)",
+                         "add one, e.g. optim.lr: {loguniform: [...]}, or use asha")
+    if spec.trials is None or spec.trials < 2:
+        raise spec.error(("budget", "trials"), "pbt needs a population of at least 2 trials",
+                         "set budget.trials, e.g. 8")
+
+
 def scheduler(spec: SweepSpec) -> PopulationBasedTraining:
     p = spec.pruner
+    check(spec)
     mutations = perturbed(spec)
-    if not mutations:
-        raise SweepError("pruner.name: pbt perturbs continuous parameters, and this space has none "
-                         "(unconditional loguniform or uniform); fix: add one, e.g. optim.lr: {loguniform: [...]}, "
-                         "or use asha")
-    if spec.trials is None or spec.trials < 2:
-        raise SweepError("budget.trials: pbt needs a population of at least 2 trials; fix: set budget.trials, "
-                         "e.g. 8")
     if not 0 < p.quantile <= 0.5:
         raise SweepError(f"pruner.quantile: must be in (0, 0.5], got {p.quantile}; fix: use e.g. 0.25")
     if not 0 <= p.resample <= 1:
@@ -82,7 +87,7 @@ def population(spec: SweepSpec, sampler: optuna.samplers.BaseSampler, grid: list
     points = []
     for _ in range(n):
         trial = study.ask()
-        sample(spec, trial)
+        sampling.sample(spec, trial)
         points.append(dict(trial.params))
         study.tell(trial, 0.0)
     return BasicVariantGenerator(points_to_evaluate=points), {name: None for point in points for name in point}

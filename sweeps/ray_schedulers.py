@@ -14,13 +14,11 @@ from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandSchedule
                                  TrialScheduler)
 
 from search_spaces import SweepSpec
+from trainable import metrics
 from trainable.registry import Registry
 
 from . import ray_pbt
-from .base import SweepError
-from .same_length import varies_epochs
-
-EPOCH_METRICS = ("val_error", "val_loss", "train_loss", "train_error")  # what run_seeds reports per epoch
+from .same_length import per_length
 
 SCHEDULERS: Registry = Registry("Ray scheduler")  # pruner.name -> builder(spec, epochs of the trials it sees)
 SCHEDULERS.register("none")(lambda spec, epochs: FIFOScheduler())
@@ -37,17 +35,25 @@ SCHEDULERS.register("hyperband")(lambda spec, epochs: HyperBandScheduler(
 SCHEDULERS.register("pbt")(lambda spec, epochs: ray_pbt.scheduler(spec))
 
 
+def check(spec: SweepSpec) -> None:
+    """What the Ray engine refuses in a spec's pruner."""
+    if spec.pruner.name not in SCHEDULERS:
+        raise spec.error(("pruner", "name"), SCHEDULERS.unknown(spec.pruner.name), "use asha")
+    if spec.pruner.name == "pbt":
+        if spec.objective.metric not in metrics.EPOCH:
+            raise spec.error(("objective", "metric"), f"pbt compares trials every epoch, and "
+                             f"{spec.objective.metric} is measured once at the end",
+                             f"use one of {', '.join(metrics.PER_EPOCH_OBJECTIVES)}")
+        ray_pbt.check(spec)
+
+
 def scheduler(spec: SweepSpec, epochs_of: Callable[[dict], int]) -> TrialScheduler:
     """The spec's scheduler; `epochs_of(config)` is a Ray trial's training length."""
-    if spec.objective.metric not in EPOCH_METRICS:  # like the Optuna engine: no per-epoch metric, no pruning
-        if spec.pruner.name == "pbt":
-            raise SweepError(f"objective.metric: pbt compares trials every epoch, and {spec.objective.metric} is "
-                             f"measured once at the end; fix: use one of {', '.join(EPOCH_METRICS)}")
+    if spec.objective.metric not in metrics.EPOCH:  # like the Optuna engine: no per-epoch metric, no pruning
         return FIFOScheduler()
-    build = SCHEDULERS.get(spec.pruner.name)
-    if spec.pruner.name in ("none", "pbt") or not varies_epochs(spec):
-        return build(spec, spec.base.train.epochs)
-    return SameLengthScheduler(spec, epochs_of)
+    if per_length(spec):
+        return SameLengthScheduler(spec, epochs_of)
+    return SCHEDULERS.get(spec.pruner.name)(spec, spec.base.train.epochs)
 
 
 class SameLengthScheduler(TrialScheduler):

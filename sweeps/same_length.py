@@ -16,15 +16,24 @@ import optuna
 
 from search_spaces import SweepSpec
 
+from . import compat, record
+
+COMPARES_NOTHING = ("none", "pbt")  # pruner names that never compare trials at a rung
+
 
 def varies_epochs(spec: SweepSpec) -> bool:
     return any(p.key == "train.epochs" for p in spec.space) or any(
         "train.epochs" in keys for keys in spec.variants.values())
 
 
+def per_length(spec: SweepSpec) -> bool:
+    """Whether the spec's pruner (or Ray scheduler) needs one instance per training length."""
+    return spec.pruner.name not in COMPARES_NOTHING and varies_epochs(spec)
+
+
 def epochs_of(trial: optuna.trial.FrozenTrial) -> int | None:
     """A trial's training length, from the config it recorded when it started."""
-    config = trial.user_attrs.get("config")
+    config = trial.user_attrs.get(record.CONFIG)
     return config["train"]["epochs"] if config else None
 
 
@@ -53,6 +62,6 @@ class SameLengthPruner(optuna.pruners.BasePruner):
         if epochs is None:
             return False
         pruner = self.pruners.setdefault(epochs, self.build(epochs))
-        view = optuna.Study(study_name=study.study_name, storage=_SameLengthStorage(study._storage, epochs),
-                            sampler=study.sampler, pruner=pruner)
+        storage = _SameLengthStorage(compat.study_storage(study), epochs)
+        view = optuna.Study(study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=pruner)
         return pruner.prune(view, trial)

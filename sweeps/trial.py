@@ -19,8 +19,7 @@ from search_spaces import SweepSpec
 from trainable import TrialError
 from trainable.run import Training, cpu_threads, out_of_memory_fails_the_trial
 
-RUN_KEYS = ("val_error", "best_val_error", "val_loss", "train_loss", "train_error", "test_error",
-            "epochs_done", "duration_s", "images_per_s")
+from . import record
 
 EpochHook = Callable[[int, Sequence[Mapping[str, float]]], None]
 """(epoch, each seed's metrics); may raise the engine's prune exception."""
@@ -42,8 +41,7 @@ def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
               on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
-              checkpoint_dir: str | Path | None = None, save_first: bool = False, isolate: bool = False,
-              adopt: bool = False) -> float:
+              checkpoint_dir: str | Path | None = None, save_first: bool = False, adopt: bool = False) -> float:
     """Train `values` once per seed, side by side; the objective is the median over seeds.
 
     `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
@@ -54,11 +52,8 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     them to its report), else after it (the Optuna engine records first).
     A checkpoint there of another config is left alone (Training.load) unless
     `adopt`: Ray hands a trial only its own or, under PBT, its donor's.
-    With `isolate` it all runs in a fresh process (isolated.py).
+    isolated.run runs it here or in a fresh process.
     """
-    if isolate:
-        from .isolated import run_seeds_isolated
-        return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first, adopt)
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
     paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
     runs: list[Training] = []
@@ -68,13 +63,13 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
                 results = _advance(configs, runs, paths, on_epoch, save_first, adopt)
         except BaseException as e:
             if isinstance(e, pruned) or isinstance(e, TrialError):
-                state = "pruned" if isinstance(e, pruned) else "failed"
-                on_run([_partial_row(cfg, runs[i] if i < len(runs) else None, state, e)
+                state = record.PRUNED if isinstance(e, pruned) else record.FAILED
+                error = str(e) if isinstance(e, TrialError) else None
+                on_run([record.partial_row(cfg.train.seed, runs[i].history if i < len(runs) else [], state, error)
                         for i, cfg in enumerate(configs)])
                 _clean(checkpoint_dir)
             raise
-    on_run([{"seed": cfg.train.seed, **{k: res[k] for k in RUN_KEYS}, "state": "complete", "error": None}
-            for cfg, res in zip(configs, results)])
+    on_run([record.complete_row(cfg.train.seed, res) for cfg, res in zip(configs, results)])
     _clean(checkpoint_dir)
     return statistics.median(res[spec.objective.metric] for res in results)
 
@@ -97,15 +92,6 @@ def _advance(configs, runs: list[Training], paths, on_epoch: EpochHook, save_fir
         if not save_first:  # recorded before saved: a kill in between repeats the epoch, never loses it
             _save(runs, paths)
     return [r.finish() for r in runs]
-
-
-def _partial_row(cfg, run: Training | None, state: str, error: BaseException) -> dict:
-    history = run.history if run is not None else []
-    last = history[-1] if history else {}
-    return {"seed": cfg.train.seed, **{k: last.get(k) for k in RUN_KEYS if k in last}, "state": state,
-            "epochs_done": len(history),
-            "best_val_error": min((h["val_error"] for h in history), default=None),
-            "error": str(error) if isinstance(error, TrialError) else None}
 
 
 def _save(runs: list[Training], paths) -> None:

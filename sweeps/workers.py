@@ -2,14 +2,14 @@
 
 `sweep run SPEC --workers N` prepares the sweep in this process (grid points
 or free slots up to the budget, retries of interrupted trials: see
-optuna_engine.prepare), starts N worker processes and shows one progress view
+optuna_work.prepare), starts N worker processes and shows one progress view
 by polling the storage. Each worker (`join`) runs trials one at a time and
 only pops WAITING trials, so no grid point runs twice and the budget holds.
 `sweep worker SPEC --storage URL` runs the same loop from any machine.
 
 Workers are separate processes, never threads: trials are PyTorch training,
 and on CPU several small trials side by side, each on its share of the cores,
-beat one trial on all of them (../shared/MEASUREMENTS.md: about 22%).
+beat one trial on all of them (BENCHMARKS.md, "The ratios, against the targets").
 """
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ from optuna.trial import TrialState
 
 from search_spaces import SweepSpec
 
-from .base import RunOptions, RunSummary, SweepError
-from .optuna_engine import (HEARTBEAT_S, _open, check_runs_on_optuna, counts_toward_budget, open_study, prepare,
-                            summary, work)
+from . import optuna_work, study as studies
+from .base import RunOptions, RunSummary, SweepError, check
 from .progress import Progress
 
 POLL_S = 1.0        # the progress view reads the storage this often
@@ -51,9 +50,9 @@ def auto_workers(spec: SweepSpec) -> int:
     """How many trials run side by side when --workers is not given, where it pays.
 
     On CPUs each trial gets `resources.cpu` cores and as many run at once as
-    fit: small models do not scale across threads, so on 2 cores two 1-thread
-    trials train about 20% more images/s in sum than one 2-thread trial
-    (BENCHMARKS.md). On a GPU, 1 / resources.gpu trials share it (one when
+    fit: small models do not scale across threads, so several 1-thread trials
+    side by side train more images/s in sum than one trial on every core
+    (BENCHMARKS.md has the figures). On a GPU, 1 / resources.gpu trials share it (one when
     resources.gpu is 0 or 1). Never more than the trial budget.
     """
     import torch
@@ -76,26 +75,22 @@ def join(spec: SweepSpec, storage: str, run_dir: str | Path = "runs", threads: i
     The worker that creates the study prepares it; the others only pop.
     It prints a line per trial it finishes (no progress bar: the other workers' trials count too).
     """
-    check_runs_on_optuna(spec)
+    check(spec, worker=True)
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if spec.engine != "optuna":
-        raise SweepError(f"engine: `sweep worker` joins Optuna sweeps, this spec runs on {spec.engine}; "
-                         "fix: use --engine optuna, or `sweep run --address` for a Ray cluster")
     if threads:
         torch.set_num_threads(threads)  # a trial's own train.threads still wins (cpu_threads)
-    study, created = _open(spec, storage, worker=True)
+    study, created = optuna_work.open_study(spec, storage, worker=True)
     if created:
-        prepare(study, spec, slots=True)
-    deadline = time.monotonic() + 60 * spec.budget.minutes if spec.budget.minutes else None
-    trials = study.get_trials(deepcopy=False)
-    progress = Progress(spec, spec.trials, sum(map(counts_toward_budget, trials)), quiet=True)
+        optuna_work.prepare(study, spec, slots=True)
+    before = studies.counted(study)
+    progress = Progress(spec, spec.trials, len(before), quiet=True)
     try:
-        interrupted = work(study, spec, progress, Path(run_dir), enqueue=False, retry_own=True, deadline=deadline)
+        interrupted = optuna_work.work(study, spec, progress, Path(run_dir), enqueue=False, retry_own=True)
     finally:
         progress.close()
-    return summary(study, spec, interrupted)
+    return studies.summary(study, spec, interrupted, before)
 
 
 def _child() -> int:
@@ -117,10 +112,11 @@ def _die_with_parent() -> None:
 
 def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     """`sweep run --workers N`: prepare, start N workers, show their progress, wait for them."""
-    study = open_study(spec, options.storage)
-    prepare(study, spec, slots=True)
+    study, _ = optuna_work.open_study(spec, options.storage)
+    optuna_work.prepare(study, spec, slots=True)
     budget = spec.trials
-    before = summary(study, spec, False)
+    counted = studies.counted(study)
+    before = studies.summary(study, spec, False, counted)
     if budget is not None and before.finished >= budget:
         return before  # nothing to do: no workers to start
     progress = Progress(spec, budget, before.finished, quiet=options.quiet)
@@ -158,7 +154,7 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
         progress.close()
     codes = [p.returncode for p in procs]
     crashed = [c for c in codes if c not in (0, 130, -signal.SIGINT)]
-    result = summary(study, spec, interrupted)
+    result = studies.summary(study, spec, interrupted, counted)
     if crashed and not interrupted:
         print(f"warning: {len(crashed)} of {len(procs)} workers failed (exit codes {crashed}); "
               "their errors are above", file=sys.stderr)
@@ -188,7 +184,7 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
     while any(p.poll() is None for p in procs):
         trials = study.get_trials(deepcopy=False)
         report_finished(trials)
-        finished = sum(map(counts_toward_budget, trials))
+        finished = studies.finished(trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if progress.bar is not None:
@@ -197,8 +193,8 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
         if budget is not None and finished < budget and not running and not waiting:
             if idle_since is None or idle_since[0] != len(trials):
                 idle_since = (len(trials), time.monotonic())
-            elif time.monotonic() - idle_since[1] > 2 * HEARTBEAT_S:  # not a worker mid-retry
-                prepare(study, spec, slots=True)
+            elif time.monotonic() - idle_since[1] > 2 * studies.HEARTBEAT_S:  # not a worker mid-retry
+                optuna_work.prepare(study, spec, slots=True)
                 idle_since = None
         else:
             idle_since = None

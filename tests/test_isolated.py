@@ -11,8 +11,8 @@ import pytest
 import sweeps
 from conftest import tiny_spec
 from search_spaces import load_spec
+from sweeps.isolated import run as run_trial
 from sweeps.isolated import wanted
-from sweeps.trial import run_seeds
 from trainable import TrialError
 
 
@@ -51,7 +51,7 @@ def test_a_trial_whose_process_dies_fails_with_that_reason(write_spec):
                 os.kill(child.pid, signal.SIGKILL)
 
     with pytest.raises(TrialError, match=r"the trial's process died \(exit code -9\)"):
-        run_seeds(spec, {"optim.lr": 0.05}, kill_the_trial, lambda rows: None, isolate=True)
+        run_trial(spec, {"optim.lr": 0.05}, kill_the_trial, lambda rows: None, isolate=True)
 
 
 @pytest.mark.parametrize("resources, device, isolate", [

@@ -14,7 +14,7 @@ import pytest
 import analysis
 import sweeps
 from conftest import ROOT, tiny_spec, wait_for
-from search_spaces import load_spec
+from search_spaces import SpecError, load_spec
 
 ray = pytest.importorskip("ray")
 
@@ -157,9 +157,9 @@ def test_pbt_clones_the_best_trials_and_perturbs_the_continuous_parameters_withi
 
 def test_pbt_is_refused_where_it_cannot_run(write_spec, tmp_path):
     pbt = {"name": "pbt"}
-    with pytest.raises(sweeps.SweepError, match="pbt runs on the Ray engine only"):
+    with pytest.raises(SpecError, match=r"optuna\.yaml:\d+ pruner\.name: pbt runs on the Ray engine only"):
         run(write_spec, tmp_path, tiny_spec(pruner=pbt), engine="optuna")
-    with pytest.raises(sweeps.SweepError, match="this space has none"):
+    with pytest.raises(SpecError, match="this space has none"):
         run(write_spec, tmp_path, tiny_spec(pruner=pbt, space={"train.batch_size": {"choice": [32, 64]}}))
     with pytest.raises(sweeps.SweepError, match="pruner.quantile"):
         run(write_spec, tmp_path, tiny_spec(pruner={**pbt, "quantile": 0.7}))

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from conftest import tiny_spec
 from search_spaces import load_spec
-from sweeps.optuna_engine import pruner
+from sweeps.optuna_work import pruner
 
 
 def spec_with(write_spec, pruner_block: dict, space: dict):

@@ -51,7 +51,7 @@ def test_diverging_and_pruned_trials_are_recorded_and_the_sweep_goes_on(write_sp
     spec["base"]["train"]["epochs"] = 2
     spec["base"]["data"]["subset"] = 1024
     spec_obj, url, summary = run(write_spec(spec), tmp_path)
-    assert summary.finished == 3
+    assert summary.finished == 3 and summary.ran == 3 and summary.failed == 1  # this invocation's trials
     frame = analysis.load(spec_obj, url).set_index("optim.lr")
     assert frame.loc[0.1, "state"] == "complete"
     assert frame.loc[1.0e-7, "state"] == "pruned" and frame.loc[1.0e-7, "epochs_done"] == 1
@@ -77,10 +77,10 @@ def test_running_again_resumes_and_keeps_finished_trials(write_spec, tmp_path):
     _, url, _ = run(path, tmp_path)
     before = optuna.load_study(study_name="tiny", storage=url).trials
     _, _, again = run(path, tmp_path)  # budget reached: nothing new
-    assert again.finished == 2
+    assert again.finished == 2 and again.ran == 0
     _, _, more = run(path, tmp_path, sets=["budget.trials=3"])
     after = optuna.load_study(study_name="tiny", storage=url).trials
-    assert more.finished == 3 and len(after) == 3
+    assert more.finished == 3 and more.ran == 1 and more.failed == 0 and len(after) == 3
     assert [(t.number, t.params) for t in after[:2]] == [(t.number, t.params) for t in before]
     assert after[2].params != after[0].params  # the resumed sampler does not replay its first draw
 
@@ -93,19 +93,19 @@ def test_a_changed_space_on_the_same_storage_is_refused(write_spec, tmp_path):
 
 
 def test_a_release_that_adds_a_config_key_still_resumes_the_sweep(write_spec, tmp_path, monkeypatch):
-    from sweeps import optuna_engine
+    from sweeps import study
     path = write_spec(tiny_spec(budget={"trials": 1}))
     spec, _, _ = run(path, tmp_path)
-    before = optuna_engine.fingerprint(spec)
-    real = optuna_engine.to_dict
+    before = study.fingerprint(spec)
+    real = study.to_dict
 
     def with_a_new_key(cfg):  # every config now has one more key, at a default that changes nothing
         tree = real(cfg)
         tree["train"]["new_option"] = 0
         return tree
 
-    monkeypatch.setattr(optuna_engine, "to_dict", with_a_new_key)
-    assert optuna_engine.fingerprint(spec) == before
+    monkeypatch.setattr(study, "to_dict", with_a_new_key)
+    assert study.fingerprint(spec) == before
     _, _, more = run(path, tmp_path, sets=["budget.trials=2"])
     assert more.finished == 2
     changed = tiny_spec(budget={"trials": 2})

@@ -13,10 +13,11 @@ import pytest
 import sqlalchemy
 
 import analysis
+import sweeps
 from conftest import ROOT, tiny_spec, wait_for
 from postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from search_spaces import load_spec
-from sweeps.optuna_engine import open_study, prepare
+from sweeps.optuna_work import open_study, prepare
 
 CLI = [sys.executable, str(ROOT / "cli.py")]
 GRID4 = [0.01, 0.02, 0.03, 0.04]
@@ -80,6 +81,15 @@ def test_run_with_two_workers_runs_every_grid_point_once(write_spec, tmp_path):
     assert len({t.user_attrs["worker"] for t in trials(url)}) == 2  # both workers ran trials
     frame = analysis.load("tiny", directory=runs)
     assert len(frame) == 4 and (frame["state"] == "complete").all()
+
+
+def test_the_summary_of_many_workers_counts_what_this_run_finished_and_failed(write_spec, tmp_path):
+    spec = load_spec(write_spec(grid_spec([0.05, 1.0e8], epochs=1)))  # the second diverges
+    url = sweeps.resolve(spec.name, None, tmp_path / "runs", create=True)
+    summary = sweeps.run(spec, url, quiet=True, workers=2, run_dir=str(tmp_path / "runs"))
+    assert (summary.finished, summary.ran, summary.failed) == (2, 2, 1)
+    again = sweeps.run(spec, url, quiet=True, workers=2, run_dir=str(tmp_path / "runs"))
+    assert (again.finished, again.ran, again.failed) == (2, 0, 0)
 
 
 def test_budget_holds_with_three_workers_on_a_random_space(write_spec, tmp_path):
@@ -199,7 +209,7 @@ def test_four_workers_on_postgres_one_killed_mid_trial(write_spec, tmp_path, pos
     epochs = 8
     path = write_spec(grid_spec(GRID8, epochs=epochs, subset=1024))
     url = postgres_url
-    prepare(open_study(load_spec(path), url), load_spec(path), slots=True)  # the study, its grid enqueued
+    prepare(open_study(load_spec(path), url)[0], load_spec(path), slots=True)  # the study, its grid enqueued
     assert states(url) == {"WAITING": 8}
     with worker_log(tmp_path) as (log, workers):
         workers += [start(["worker", str(path), "--storage", url, "--dir", str(tmp_path / "runs"), "--quiet"],

@@ -1,0 +1,236 @@
+"""The study layer every engine shares: storage, the study and its fingerprint, budget, retries, summary.
+
+Resume rules: a trial counts against the budget once it is complete, pruned,
+or failed with a recorded reason (record.counts_toward_budget). A trial that
+failed without one was interrupted (Ctrl-C, kill, power loss; found by
+Optuna's heartbeat) and is enqueued again with the same parameters, so grid
+points are never repeated and it resumes from its checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+import zlib
+from typing import TYPE_CHECKING
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from trainable import TrialConfig, to_dict
+from trainable.config import flatten
+
+from . import compat, record
+from .base import RunSummary, SweepError
+from .sampling import SAMPLERS
+from .storage import sqlite_file
+
+if TYPE_CHECKING:
+    from search_spaces import SweepSpec
+
+HEARTBEAT_S = 2    # a running trial writes a heartbeat this often ...
+GRACE_S = 6        # ... and counts as interrupted when none came for this long
+
+
+# ---- the storage --------------------------------------------------------------
+
+def _begin_immediate(engine) -> None:
+    """SQLite: every transaction takes the write lock when it begins.
+
+    pysqlite reads without a lock and locks only at the first write, so two
+    processes could both read a trial as WAITING and both set it RUNNING (or
+    both fail the same stale trial). BEGIN IMMEDIATE makes Optuna's
+    read-then-write updates atomic across processes, as row locks do in
+    PostgreSQL; the wait for the lock is the connection's timeout.
+    """
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None  # no implicit BEGIN: ours below
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks were added
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The sweep's RDB storage, with heartbeats (and the retry of a stale trial)."""
+    path = sqlite_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise SweepError(f"--storage: folder {path.parent} does not exist; fix: create it or use --dir")
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                     grace_period=GRACE_S,
+                                                     heartbeat_stale_trial_callback=_retry_stale)
+            break
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            # Workers starting together on a new database race to create its tables.
+            race = ("already exists", "duplicate key", "unique constraint")
+            if attempt == 3 or not any(w in f"{e} {e.__cause__}".lower() for w in race):
+                raise _cannot_open(url, e) from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as e:  # SQLAlchemy raises many types for a bad URL or server
+            raise _cannot_open(url, e) from None
+    if storage.engine.name == "sqlite":
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def _cannot_open(url: str, e: Exception) -> SweepError:
+    return SweepError(f"--storage: cannot open {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                      "fix: give a SQLAlchemy URL such as sqlite:///runs/name.db or "
+                      "postgresql://user@host/db")
+
+
+# ---- the study ----------------------------------------------------------------
+
+def fingerprint(spec: SweepSpec) -> str:
+    """What makes two runs the same sweep: base config, space, seeds and objective.
+
+    The base counts by the keys that differ from the trial config's defaults, so
+    a release that adds a config key (at a default that changes nothing) still
+    resumes the sweeps made before it.
+    """
+    raw = spec.raw
+    key = {k: raw.get(k) for k in ("base", "variants", "space", "seeds", "objective")}
+    defaults = flatten(to_dict(TrialConfig()))
+    key["base"] = {k: v for k, v in flatten(to_dict(spec.base)).items() if defaults.get(k, _ABSENT) != v}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_ABSENT = object()
+
+
+def open_study(spec: SweepSpec, url: str, engine: str, worker: bool = False) -> tuple[optuna.Study, bool]:
+    """(study, whether this call created it): the sweep's study, refusing one made from another spec.
+
+    A `worker` (one of many processes on the storage) draws its own sampler
+    seed, so that workers do not all sample the same values, and leaves the
+    stored spec alone unless it created the study. `engine` is recorded on a new study.
+    """
+    storage = open_storage(url)
+    direction = "minimize" if spec.objective.mode == "min" else "maximize"
+    try:  # created or found atomically: the study name is unique in the storage
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction,
+                                    sampler=optuna.samplers.RandomSampler())
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        created = False
+    attrs = study.user_attrs
+    mine = fingerprint(spec)
+    if record.FINGERPRINT in attrs and attrs[record.FINGERPRINT] != mine:
+        raise SweepError(
+            f"{url} already holds sweep {spec.name!r} made from a different base, space, seeds or objective; "
+            f"fix: give this sweep another name (--set name=...), another --dir, or delete the old results")
+    if study.direction.name.lower() != direction:
+        raise SweepError(f"objective.mode: the stored sweep {spec.name!r} runs in the other direction; "
+                         "fix: keep its mode or use another name")
+    if record.FINGERPRINT not in attrs:
+        study.set_user_attr(record.FINGERPRINT, mine)
+        study.set_user_attr(record.SCHEMA, record.SCHEMA_VERSION)
+        study.set_user_attr(record.ENGINE, engine)
+    if created or not worker:
+        study.set_user_attr(record.SPEC, json.loads(json.dumps(spec.raw, default=str)))  # budget may have grown
+        # Validated, in fractions: `sweep table NAME` compares with them without the spec file.
+        study.set_user_attr(record.REFERENCE,
+                            json.loads(json.dumps([r.as_dict() for r in spec.reference], default=str)))
+    # Offset the sampler seed by the trials already run, so a resumed random
+    # search continues instead of replaying its first samples; workers also
+    # by who they are, so that workers started together draw different values.
+    seed = spec.sampler.seed + len(study.get_trials(deepcopy=False))
+    if worker:
+        seed = (seed + zlib.crc32(record.worker_id().encode())) % 2**31
+    study.sampler = SAMPLERS.get(spec.sampler.name)(seed)
+    return study, created
+
+
+# ---- the budget ---------------------------------------------------------------
+
+def deadline(spec: SweepSpec) -> float | None:
+    """When (time.monotonic) budget.minutes stops new trials from starting; None without it."""
+    return time.monotonic() + 60 * spec.budget.minutes if spec.budget.minutes else None
+
+
+def past(when: float | None) -> bool:
+    return when is not None and time.monotonic() > when
+
+
+def finished(trials) -> int:
+    """Trials that count against the budget."""
+    return sum(map(record.counts_toward_budget, trials))
+
+
+def counted(study: optuna.Study) -> set[int]:
+    """Numbers of the trials counted so far: what an invocation started from (see summary)."""
+    return {t.number for t in study.get_trials(deepcopy=False) if record.counts_toward_budget(t)}
+
+
+def summary(study: optuna.Study, spec: SweepSpec, interrupted: bool, before: set[int] = frozenset()) -> RunSummary:
+    """The sweep's state; `ran` and `failed` count the trials finished since `before` (counted())."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = (min if spec.objective.mode == "min" else max)(done, key=lambda t: t.value) if done else None
+    new = [t for t in trials if record.counts_toward_budget(t) and t.number not in before]
+    return RunSummary(finished=finished(trials), budget=spec.trials, interrupted=interrupted,
+                      best_value=best.value if best else None, best_number=best.number if best else None,
+                      ran=len(new), failed=sum(map(record.failed_with_reason, new)))
+
+
+# ---- retries of interrupted trials -------------------------------------------
+
+def retryable(t: optuna.trial.FrozenTrial) -> bool:
+    """Interrupted, and it had parameters or was enqueued work (a grid point or a free slot); a
+    trial of an older sweep that stopped before sampling needs no retry: a new trial replaces it."""
+    return record.is_interrupted(t) and bool(t.params or compat.was_enqueued(t))
+
+
+def retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Enqueue the retry of interrupted trial `t`: its parameters (or the work it was given, if it
+    stopped before sampling), resuming from its checkpoints, so it keeps its curves too."""
+    first = t.user_attrs.get(record.RETRY_OF, t.number)
+    params = dict(t.params) or compat.enqueued_params(t)
+    study.enqueue_trial(params, user_attrs={record.RETRY_OF: first, record.RETRIED: t.number,
+                                            **record.curve_attrs(t.user_attrs)})
+
+
+def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    # Optuna calls this only in the process whose fail_stale_trials flipped the trial from RUNNING
+    # to FAIL (the flip is a row-locked update), so each stale trial gets exactly one retry.
+    if retryable(trial):
+        retry(study, trial)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark trials whose heartbeat stopped as interrupted (their retry is enqueued by _retry_stale)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def enqueue_retries(study: optuna.Study, trials) -> None:
+    """Retry every interrupted trial that has no retry yet (run by the process that prepares)."""
+    retried = {t.user_attrs.get(record.RETRIED) for t in trials}
+    for t in trials:
+        if retryable(t) and t.number not in retried:
+            retry(study, t)
+
+
+def retry_own(study: optuna.Study, number: int | None, always: bool) -> None:
+    """After Ctrl-C: enqueue the retry of the trial this process was running (Optuna failed it
+    here, so no other process retries it), always or when other trials are running."""
+    if number is None:
+        return
+    trials = study.get_trials(deepcopy=False)
+    t = next((t for t in trials if t.number == number), None)
+    if t is None or not retryable(t) or any(u.user_attrs.get(record.RETRIED) == number for u in trials):
+        return
+    if always or any(u.state == TrialState.RUNNING for u in trials):
+        retry(study, t)

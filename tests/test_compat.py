@@ -1,0 +1,56 @@
+"""Each private third-party API in sweeps/compat.py still behaves as relied on (one test per use)."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweeps import compat
+
+
+def test_enqueued_params_are_read_from_the_waiting_trial():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.5})
+    waiting = study.get_trials(deepcopy=False)[0]
+    assert compat.was_enqueued(waiting) and compat.enqueued_params(waiting) == {"x": 1.5}
+    study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+    assert study.trials[0].params == {"x": 1.5}
+    study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+    assert not compat.was_enqueued(study.trials[1]) and compat.enqueued_params(study.trials[1]) == {}
+
+
+def test_only_waiting_trials_runs_a_waiting_trial_and_never_creates_one():
+    assert hasattr(optuna.Study, "_pop_waiting_trial_id")  # else the guard silently does nothing
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0})
+    with compat.only_waiting_trials(study):
+        study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+        with pytest.raises(compat.NothingWaiting):
+            study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert "_pop_waiting_trial_id" not in vars(study)  # the patch is undone
+
+
+def test_study_storage_is_the_storage_the_study_was_made_with(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    storage = compat.study_storage(study)
+    assert isinstance(storage, optuna.storages.BaseStorage)
+    view = optuna.Study(study_name="s", storage=storage)  # what same_length builds over a filtered storage
+    assert [t.params for t in view.trials] == [t.params for t in study.trials]
+
+
+def _space(trial) -> None:
+    trial.suggest_float("x", 0, 1)
+
+
+def test_searcher_has_trial_knows_the_trials_optuna_search_suggested():
+    pytest.importorskip("ray")
+    import warnings
+
+    from ray.tune.search.optuna import OptunaSearch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = OptunaSearch(space=_space, metric="loss", mode="min")
+    assert not compat.searcher_has_trial(searcher, "a")
+    assert "x" in searcher.suggest("a")
+    assert compat.searcher_has_trial(searcher, "a") and not compat.searcher_has_trial(searcher, "b")
