@@ -26,7 +26,9 @@ import yaml
 import analysis
 import sweeps
 from search_spaces import parse_spec
-from sweeps.optuna_engine import fingerprint, sample
+from sweeps import record
+from sweeps.sampling import sample
+from sweeps.study import fingerprint
 from trainable import train
 
 BASE = {"data": {"subset": 2048, "eval_subset": 512}, "model": {"depth": 8, "base_channels": 8},
@@ -70,13 +72,13 @@ def growth(n: int, folder: Path) -> dict[str, float]:
     spec = parse_spec(spec_text(f"growth{n}", n + 1, 1), "growth.yaml")
     url = f"sqlite:///{folder / f'growth{n}.db'}"
     study = optuna.create_study(study_name=spec.name, storage=url)
-    study.set_user_attr("fingerprint", fingerprint(spec))
-    study.set_user_attr("spec", spec.raw)
+    study.set_user_attr(record.FINGERPRINT, fingerprint(spec))
+    study.set_user_attr(record.SPEC, spec.raw)
     dist = optuna.distributions.FloatDistribution(0.01, 0.1, log=True)
-    runs = [{"seed": 0, "state": "complete", "val_error": 0.1, "test_error": 0.1, "epochs_done": 1}]
+    runs = [{record.SEED: 0, record.STATE: record.COMPLETE, "val_error": 0.1, "test_error": 0.1, "epochs_done": 1}]
     study.add_trials([optuna.trial.create_trial(
         params={"optim.lr": 0.01 + i * 1e-6}, distributions={"optim.lr": dist}, value=0.1 + i * 1e-6,
-        user_attrs={"runs": runs, "curve.0": [{"epoch": 1, "val_error": 0.1}]},
+        user_attrs={record.RUNS: runs, record.curve_key(0): record.merge_curve([], 1, {"val_error": 0.1})},
         intermediate_values={1: 0.1}) for i in range(n)])
     out = {}
     for key in ("first_sample_s", "sample_s"):  # the first loads the study into Optuna's cache

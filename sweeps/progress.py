@@ -8,6 +8,8 @@ from tqdm import tqdm
 
 from search_spaces import SweepSpec
 
+from . import record
+
 
 def fmt(value) -> str:
     if isinstance(value, float):
@@ -54,14 +56,13 @@ class Progress:
         params = " ".join(f"{k.split('[', 1)[0]}={fmt(v)}" for k, v in trial.params.items())  # alternatives by key
         result = f"{self.metric}={fmt(value)}" if value is not None else state
         if state == "fail":
-            result = f"failed: {trial.user_attrs.get('error', 'interrupted')}"
+            result = f"failed: {trial.user_attrs.get(record.ERROR, record.INTERRUPTED)}"
         elif state == "pruned":
             result = f"pruned at epoch {trial.last_step}"
         best = f"best={fmt(self.best[0])} (#{self.best[1]})" if self.best else ""
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
         self.write(f"trial {trial.number:>3}  {params}  {result}  {best}  {seconds:.0f}s")
-        counted = state in ("complete", "pruned") or "error" in trial.user_attrs
-        if self.bar is not None and counted:
+        if self.bar is not None and record.counts_toward_budget(trial):
             self.bar.update(1)
 
     def write(self, line: str) -> None:
