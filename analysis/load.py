@@ -25,9 +25,6 @@ STATE = {"COMPLETE": record.COMPLETE, "PRUNED": record.PRUNED, "FAIL": record.FA
 class SweepNotFound(UserError, LookupError):
     """No stored sweep of that name (or no storage where it was looked for)."""
 
-    def __str__(self) -> str:  # LookupError would quote the message
-        return str(self.args[0]) if self.args else ""
-
 
 def sweep_name(name_or_spec) -> str:
     """A sweep's name from a SweepSpec, a spec file path or the name itself."""
