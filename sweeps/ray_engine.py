@@ -297,7 +297,8 @@ class _Recorder:
         if trial_id in self.workers:
             attrs[record.WORKER] = self.workers.pop(trial_id)
         history = self.params.pop(trial_id, [])
-        if any({k: h[record.PBT_PARAMS].get(k) for k in params} != params for h in history):  # explored by PBT: how it got its final params
+        # Explored by PBT: how it got its final params.
+        if any({k: h[record.PBT_PARAMS].get(k) for k in params} != params for h in history):
             attrs[record.PBT_HISTORY] = history
         for i, curve in enumerate(curves):
             if curve:
@@ -433,7 +434,7 @@ class RayEngine:
         global _ACTIVE, _DEADLINE
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.check(spec, options.workers, options.address)
-        scheduler = ray_schedulers.scheduler(spec, _Epochs(spec))  # its errors come before anything is stored or started
+        scheduler = ray_schedulers.scheduler(spec, _Epochs(spec))  # refusals before anything is stored or started
         study, _ = studies.open_study(spec, options.storage, "ray")
         study.set_user_attr(record.ENGINE, "ray")
         budget = spec.trials
