@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
 
 def cmd_worker(args) -> int:
     import sweeps
-    from sweeps.optuna_engine import worker_id
+    from sweeps.record import worker_id
     from sweeps.workers import join
     spec = _load(args)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)

@@ -1,7 +1,9 @@
 """The distributions a `space` entry can name, each validated on parse.
 
 A distribution is a frozen dataclass; `parse` turns the YAML arguments into it
-or raises through `fail(message, fix)`. Engines map these types to their own.
+or raises through `fail(message, fix)`, and `tried` lists the values the
+validator gives the trial-config rules (every value it can take, or its
+ends). Engines map these types to their own.
 """
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from trainable.config import check_choices, coerce, leaf_keys
+from trainable.config import coerce
 from trainable.errors import ConfigError
 from trainable.registry import Registry
 
 Fail = Callable[..., Exception]
 DISTRIBUTIONS: Registry = Registry("distribution")
 EXTRA_KEYS = {"int": {"step", "log"}}  # keys allowed beside the distribution's own
+TRIED_MAX = 64  # an int range with more values than this is tried at its ends and middle
 
 
 def _number(x, what: str, fail: Fail) -> float:
@@ -76,6 +79,9 @@ class LogUniform:
     def describe(self) -> str:
         return f"loguniform [{self.low:g}, {self.high:g}]"
 
+    def tried(self) -> tuple:
+        return (self.low, self.high)
+
 
 @DISTRIBUTIONS.register("uniform")
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class Uniform:
 
     def describe(self) -> str:
         return f"uniform [{self.low:g}, {self.high:g}]"
+
+    def tried(self) -> tuple:
+        return (self.low, self.high)
 
 
 @DISTRIBUTIONS.register("int")
@@ -128,13 +137,19 @@ class Int:
         extra = (f", step {self.step}" if self.step != 1 else "") + (", log" if self.log else "")
         return f"int [{self.low}, {self.high}{extra}]"
 
+    def tried(self) -> tuple:
+        """Every value of a short range (a rule may need one to divide another), else the ends and a middle."""
+        if not self.log and (self.high - self.low) // self.step < TRIED_MAX:
+            return tuple(range(self.low, self.high + 1, self.step))
+        middle = self.low + (self.high - self.low) // 2 // self.step * self.step
+        return tuple(dict.fromkeys((self.low, middle, self.high)))
+
 
 def _checked_values(values, tp, key, fail) -> tuple:
     out = []
     for v in values:
         try:
-            c = coerce(key, tp, v)
-            check_choices(key, leaf_keys()[key][1], c)
+            c = coerce(key, tp, v)  # the trial-config rules check the value itself (search_spaces.validate)
         except ConfigError as e:
             raise fail(f"value {v!r} does not fit: {e.message}", e.fix) from None
         out.append(c)
@@ -156,6 +171,9 @@ class _Listed:
 
     def describe(self) -> str:
         return f"{self.kind} {list(self.values)}"
+
+    def tried(self) -> tuple:
+        return self.values
 
 
 @DISTRIBUTIONS.register("choice")
@@ -182,6 +200,9 @@ class Fixed:
 
     def describe(self) -> str:
         return f"fixed {self.value!r}"
+
+    def tried(self) -> tuple:
+        return (self.value,)
 
 
 def _numeric_field(tp, key, dist, fail, allow_int: bool) -> None:

@@ -1,7 +1,9 @@
 """Parse and validate a YAML spec (plus presets and `--set` overrides) into a SweepSpec.
 
 Everything is checked before anything runs, and every error names the file,
-the line, the key and the fix.
+the line, the key and the fix: the spec's own structure here, and every
+trial config it can produce against the trial config's rules (validate.py).
+The engine layer checks the names it owns (engine, sampler, pruner) itself.
 """
 from __future__ import annotations
 
@@ -15,34 +17,44 @@ from typing import Any
 
 import yaml
 
-from trainable.config import TrialConfig, check_choices, coerce, leaf_keys, unknown_key, with_key
+from trainable.config import TrialConfig, coerce, field_problem, leaf_keys, unknown_key, with_key
 from trainable.errors import ConfigError
 
 from .dists import DISTRIBUTIONS, EXTRA_KEYS, Fixed, Grid, possible_values
 from .errors import SpecError, Where
 from .reference import parse_reference
 from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpec
+from .validate import check_configs
 
 BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
           "resources": Resources}
 TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "variants", "space", "presets", "reference")
-ENGINES = ("optuna", "ray")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None) -> SweepSpec:
-    """Read a spec file, apply a preset and `key=value` overrides, validate it."""
+def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None, context=None,
+              every_preset: bool = False) -> SweepSpec:
+    """Read a spec file, apply a preset and `key=value` overrides, validate it.
+
+    `context` (trainable.rules.Context) says where trials run; by default this machine.
+    With `every_preset` the spec is also validated under each of its other presets.
+    """
     source = str(path)
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise SpecError(source, None, "(file)", f"cannot read the spec: {e.strerror}",
                         "check the path; shipped specs are in spaces/") from None
-    return parse_spec(text, source, overrides, preset)
+    spec = parse_spec(text, source, overrides, preset, context)
+    if every_preset:
+        for other in spec.presets:
+            if other != preset:
+                parse_spec(text, source, overrides, other, context)
+    return spec
 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
-               preset: str | None = None) -> SweepSpec:
+               preset: str | None = None, context=None) -> SweepSpec:
     twice: list[tuple] = []
     try:
         raw = yaml.safe_load(text)
@@ -84,7 +96,9 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
             raise SpecError(f"--set {item}", None, key, f"cannot parse value {text_value!r}",
                             "quote strings; use YAML syntax for lists") from None
         _apply(raw, key.strip(), value, where, f"--set {item}")
-    return _validate(raw, where)
+    spec = _validate(raw, where)
+    check_configs(spec, context)
+    return spec
 
 
 def _lines(node, path: tuple = (), twice: list | None = None) -> dict[tuple, int]:
@@ -135,8 +149,8 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         raise where.error(("name",), f"needs a name of letters, digits, '_', '-' or '.', got {name!r}",
                           "add e.g. `name: my_sweep` (it names the study and its storage file)", key="name")
     engine = raw.get("engine", "optuna")
-    if engine not in ENGINES:
-        raise where.error(("engine",), f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")
+    if not isinstance(engine, str):
+        raise where.error(("engine",), f"names an engine, got {engine!r}", "write e.g. engine: optuna")
     seeds = raw.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise where.error(("seeds",), f"must be a positive integer, got {seeds!r}", "use seeds: 1 or more")
@@ -178,11 +192,11 @@ def _block(cls, raw, path: tuple, where: Where):
             raise _unknown(where, sub, str(key), names)
         try:
             values[key] = coerce(dotted, hints[key], value)
-            check_choices(dotted, next(f for f in dataclasses.fields(cls) if f.name == key), values[key])
         except ConfigError as e:
             raise where.error(sub, e.message, e.fix) from None
-        if isinstance(values[key], (int, float)) and not isinstance(values[key], bool) and values[key] < 0:
-            raise where.error(sub, f"must not be negative, got {values[key]}", "use a positive value")
+        problem = field_problem(dotted, next(f for f in dataclasses.fields(cls) if f.name == key), values[key])
+        if problem is not None:
+            raise where.error(sub, problem.message, problem.fix)
     return cls(**values)
 
 
@@ -258,7 +272,7 @@ def _variants(raw, base: TrialConfig, where: Where) -> tuple[dict[str, dict[str,
 
 def _space(raw, base: TrialConfig, where: Where, variants: dict | None = None,
            variant_derives: list = ()) -> tuple[Param, ...]:
-    variant = (Param("variant", Grid(tuple(variants))),) if variants else ()
+    variant = (Param("variant", Grid(tuple(variants)), path=("variants",)),) if variants else ()
     if raw is None and not variant_derives:
         return variant
     raw = {} if raw is None else raw
@@ -337,7 +351,7 @@ def _entry(key: str, entry, path: tuple, keys, where: Where) -> Param:
     def fail(message, fix=""):
         return where.error(path + (dname,), message, fix, key=key)
 
-    return Param(key, DISTRIBUTIONS.get(dname).parse(entry[dname], extra, keys[key][0], key, fail))
+    return Param(key, DISTRIBUTIONS.get(dname).parse(entry[dname], extra, keys[key][0], key, fail), path=path)
 
 
 def _possible(alts: list[Param]) -> tuple | None:
@@ -447,10 +461,6 @@ def _as_grid(space: tuple[Param, ...], where: Where) -> tuple[Param, ...]:
 
 
 def _check_budget(budget: Budget, space, where: Where) -> None:
-    if budget.trials is not None and budget.trials < 1:
-        raise where.error(("budget", "trials"), f"must be at least 1, got {budget.trials}", "use trials: 1 or more")
-    if budget.minutes is not None and budget.minutes <= 0:
-        raise where.error(("budget", "minutes"), f"must be positive, got {budget.minutes}", "use e.g. minutes: 60")
     has_grid = any(isinstance(p.dist, Grid) for p in space)
     if budget.trials is None and budget.minutes is None and not has_grid:
         raise where.error(("budget",), "no budget: the sweep would never end",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from trainable import metrics
-from trainable.config import TrialConfig, get_key, opt, with_key
+from trainable.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, TrialConfig, get_key, opt, with_key
 from trainable.errors import ConfigError
 
 from .derive import Derive, ExprError
@@ -22,31 +22,34 @@ class Objective:
 
 @dataclass(frozen=True)
 class Budget:
-    trials: Optional[int] = opt(None, "finished trials to reach (a grid alone defaults to its size)")
-    minutes: Optional[float] = opt(None, "stop starting new trials after this many minutes")
+    trials: Optional[int] = opt(None, "finished trials to reach (a grid alone defaults to its size)",
+                                check=AT_LEAST_1)
+    minutes: Optional[float] = opt(None, "stop starting new trials after this many minutes", check=POSITIVE)
 
 
 @dataclass(frozen=True)
 class Sampler:
-    name: str = opt("random", "random | grid | tpe | qmc", ("random", "grid", "tpe", "qmc"))
-    seed: int = opt(0, "sampler seed")
+    name: str = opt("random", "the sampler (the engine layer checks the name: `sweep validate` lists them)")
+    seed: int = opt(0, "sampler seed", check=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class Pruner:
-    name: str = opt("none", "none | median | asha | hyperband | pbt (Ray only)",
-                    ("none", "median", "asha", "hyperband", "pbt"))
-    startup_trials: int = opt(5, "median: trials to finish before pruning starts")
-    warmup_epochs: int = opt(1, "epochs a trial runs before it may be pruned (pbt: before it is perturbed)")
-    interval_epochs: int = opt(2, "pbt: epochs between two exploit/explore steps of a trial")
-    quantile: float = opt(0.25, "pbt: the bottom fraction of trials clones the top fraction (0 < q <= 0.5)")
-    resample: float = opt(0.25, "pbt: chance that a perturbed value is drawn anew instead of scaled")
+    name: str = opt("none", "early stopping (the engine layer checks the name: `sweep validate` lists them)")
+    startup_trials: int = opt(5, "median: trials to finish before pruning starts", check=NON_NEGATIVE)
+    warmup_epochs: int = opt(1, "epochs a trial runs before it may be pruned (pbt: before it is perturbed)",
+                             check=NON_NEGATIVE)
+    interval_epochs: int = opt(2, "pbt: epochs between two exploit/explore steps of a trial", check=AT_LEAST_1)
+    quantile: float = opt(0.25, "pbt: the bottom fraction of trials clones the top fraction",
+                          check=Range(0, 0.5, low_open=True))
+    resample: float = opt(0.25, "pbt: chance that a perturbed value is drawn anew instead of scaled",
+                          check=PROBABILITY)
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = opt(1.0, "CPU cores per trial")
-    gpu: float = opt(0.0, "GPUs per trial; fractions pack several trials on one GPU")
+    cpu: float = opt(1.0, "CPU cores per trial", check=NON_NEGATIVE)
+    gpu: float = opt(0.0, "GPUs per trial; fractions pack several trials on one GPU", check=NON_NEGATIVE)
     isolate: str = opt("auto", "auto | always | never: each trial in a fresh process (auto: trials on a GPU, "
                               "so no allocator state leaks from one trial into the next)", ("auto", "always", "never"))
 
@@ -57,6 +60,7 @@ class Param:
     dist: Any
     when: tuple[tuple[str, tuple], ...] = ()
     alternative: bool = False  # one of several distributions of the same key
+    path: tuple = field(default=(), compare=False)  # where the spec gives it, for error messages
 
     @property
     def name(self) -> str:
@@ -147,10 +151,15 @@ class SweepSpec:
             if not p.derived or not p.active(values):
                 continue
             cfg = cfg or self.config(values)
-            try:
-                value = p.dist.evaluate(lambda key: get_key(cfg, key))
-            except ExprError as e:
-                raise ConfigError(p.key, e.message, e.fix) from None
+            value = self.derive(p, cfg)
             cfg = with_key(cfg, p.key, value)
             out[p.key] = value
         return out
+
+    @staticmethod
+    def derive(p: Param, cfg: TrialConfig) -> Any:
+        """The value of derived param `p` in `cfg`; a ConfigError naming its key if it cannot be computed."""
+        try:
+            return p.dist.evaluate(lambda key: get_key(cfg, key))
+        except ExprError as e:
+            raise ConfigError(p.key, e.message, e.fix) from None

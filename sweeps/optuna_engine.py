@@ -16,13 +16,6 @@ from search_spaces import SweepSpec
 from . import optuna_work, study as studies, workers
 from .base import RunOptions, RunSummary
 from .progress import Progress
-from .record import worker_id  # noqa: F401  (cli.py's `sweep worker` names its worker by it)
-from .sampling import sample  # noqa: F401  (the define-by-run sampling the spec tests drive)
-
-
-def open_study(spec: SweepSpec, url: str) -> optuna.Study:
-    """The sweep's study with the spec's sampler and pruner (creating it if needed)."""
-    return optuna_work.open_study(spec, url)[0]
 
 
 class OptunaEngine:

@@ -52,3 +52,11 @@ def write_spec(tmp_path):
 def _quiet_threads(monkeypatch):
     # Subprocesses of the CLI get one thread each so parallel tests do not fight.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def refused(cfg):
+    """The ConfigError that the trial config's rules (`trainable.rules.check`) give `cfg` on a CPU machine."""
+    from trainable import ConfigError, rules
+    with pytest.raises(ConfigError) as info:
+        rules.check(cfg, rules.Context(device="cpu"))
+    return info.value

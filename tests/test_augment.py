@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_BASE
-from trainable import ConfigError, from_flat, train
+from conftest import TINY_BASE, refused
+from trainable import from_flat, train
 from trainable.augment import (POLICIES, Normalize, TrainBatches, apply_policy, cutout, erasing_boxes,
                                pad_images, random_erasing)
-from trainable.config import Augment, Cutout, Policy, RandomErasing, flatten
+from trainable.config import Augment, Cutout, Data, Policy, RandomErasing, Train, TrialConfig, flatten
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -75,9 +75,9 @@ def test_train_batches_pad_once_with_the_configured_mode_and_crop_from_it():
     ({"policy": Policy(name="randaugment", magnitude=31)}, "augment.policy.magnitude"),
 ])
 def test_unusable_values_are_config_errors_naming_the_key(changes, key):
-    with pytest.raises(ConfigError) as e:
-        batches(texture(8, 1, 6, 6), plain(**changes), 8)
-    assert e.value.key == key
+    cfg = TrialConfig(augment=plain(**changes), train=Train(batch_size=8),
+                      data=Data(dataset="synthetic", synthetic_shape=(1, 6, 6), synthetic_size=64))
+    assert refused(cfg).key == key
 
 
 # ---- cutout ---------------------------------------------------------------

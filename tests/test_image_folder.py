@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainable import DatasetMissing, from_flat, train
+from trainable import ConfigError, from_flat, train
 from trainable import data as tdata
 from trainable.augment import random_resized_crop
 
@@ -56,7 +56,7 @@ def test_torchvision_model_on_a_folder(folder):
 
 
 def test_missing_folder_names_the_fix(tmp_path):
-    with pytest.raises(DatasetMissing, match="data.root"):
+    with pytest.raises(ConfigError, match="data.root.*does not exist.*fix: point data.root"):
         train(config(tmp_path))
 
 

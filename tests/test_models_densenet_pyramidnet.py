@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.config import Model
+from conftest import refused
+from trainable.config import Model, TrialConfig
 from trainable.errors import ConfigError
 from trainable.models import DEFAULTS, build_model
 from trainable.models.common import DropPath
@@ -77,9 +78,7 @@ def test_invalid_depth_names_the_rule(cfg, rule):
     (Model(name="pyramidnet", drop_path=1.0), "model.drop_path"),
 ])
 def test_invalid_options(cfg, key):
-    with pytest.raises(ConfigError) as err:
-        build_model(cfg, 10, 3)
-    assert err.value.key == key
+    assert refused(TrialConfig(model=cfg)).key == key
 
 
 @pytest.mark.parametrize("key", ["drop_path", "zero_init_residual"])

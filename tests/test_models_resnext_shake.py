@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from trainable.config import Model
+from conftest import refused
+from trainable.config import Model, TrialConfig
 from trainable.errors import ConfigError
 from trainable.models import build_model
 from trainable.models.shake_shake import ShakeBlock
@@ -54,9 +55,7 @@ def test_invalid_depth(name, depth, rule):
 
 
 def test_resnext_invalid_cardinality():
-    with pytest.raises(ConfigError) as err:
-        build_model(Model(name="resnext", depth=11, cardinality=0), num_classes=10, in_channels=3)
-    assert err.value.key == "model.cardinality"
+    assert refused(TrialConfig(model=Model(name="resnext", depth=11, cardinality=0))).key == "model.cardinality"
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

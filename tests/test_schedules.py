@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from trainable import ConfigError
-from trainable.config import Schedule
+from conftest import refused
+from trainable import rules
+from trainable.config import Data, Schedule, Train, TrialConfig
 from trainable.schedules import SCHEDULES, build
 
 BASE_LR = 0.4
@@ -190,15 +191,19 @@ BAD = [
 ]
 
 
+def _trial(schedule: Schedule) -> TrialConfig:
+    """A trial of EPOCHS epochs of SPE steps under `schedule`."""
+    return TrialConfig(schedule=schedule, train=Train(epochs=EPOCHS), data=Data(subset=SPE * Train().batch_size))
+
+
 @pytest.mark.parametrize("changes,key", BAD, ids=[f"{k}={list(c.values())[-1]}" for c, k in BAD])
 def test_bad_values_are_config_errors_naming_key_and_fix(changes, key):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE_LR)
-    with pytest.raises(ConfigError) as info:
-        build(opt, Schedule(**changes), SPE, EPOCHS)
-    assert info.value.key == key and str(info.value).startswith(key + ":") and info.value.fix
+    error = refused(_trial(Schedule(**changes)))
+    assert error.key == key and str(error).startswith(key + ":") and error.fix
 
 
 def test_keys_of_other_schedules_are_not_checked():
     # a sweep over schedule.name may carry values only another schedule uses
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE_LR)
-    build(opt, Schedule(name="cosine", gamma=0.0, step_epochs=0, restart_mult=0.5, onecycle_peak=2.0), SPE, EPOCHS)
+    cfg = Schedule(name="cosine", gamma=0.0, step_epochs=0, restart_mult=0.5, onecycle_peak=2.0)
+    rules.check(_trial(cfg), rules.Context(device="cpu"))
+    build(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=BASE_LR), cfg, SPE, EPOCHS)

@@ -8,7 +8,7 @@ import analysis
 import sweeps
 from conftest import tiny_spec
 from search_spaces import SpecError, load_spec, parse_spec
-from sweeps.optuna_engine import sample
+from sweeps.sampling import sample
 
 SPACE = """
 name: alt

@@ -12,7 +12,8 @@ import sweeps
 from conftest import ROOT, tiny_spec
 from search_spaces import SpecError, describe, load_spec, parse_spec
 from search_spaces.derive import Derive
-from sweeps.optuna_engine import open_study, sample
+from sweeps.optuna_work import open_study
+from sweeps.sampling import sample
 from trainable import ConfigError
 
 SRC = "x.yaml"
@@ -120,12 +121,23 @@ def test_set_and_preset_can_give_a_derive():
     ("(-train.batch_size) ** 0.5", "not a finite number"),
     ("train.batch_size ** 10 ** 10", "overflows"),  # on floats: at once, never computes for ever
 ])
-def test_a_value_that_cannot_be_computed_names_the_key(expr, message):
-    spec = parse_spec(HEAD + f"  train.batch_size: {{choice: [64]}}\n  optim.lr: {{derive: \"{expr}\"}}\n", SRC)
-    with pytest.raises(ConfigError) as e:
-        sample(spec, optuna.trial.FixedTrial({"train.batch_size": 64}))
-    assert str(e.value).startswith("optim.lr: derive ") and message in str(e.value)
+def test_a_value_that_cannot_be_computed_is_refused_before_any_trial(expr, message):
+    text = HEAD + f"  train.batch_size: {{choice: [64, 128]}}\n  optim.lr: {{derive: \"{expr}\"}}\n"
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, SRC)
+    assert str(e.value).startswith(f"{SRC}:5 optim.lr: derive ") and message in str(e.value), str(e.value)
     assert "fix:" in str(e.value) and "train.batch_size=64" in str(e.value)
+
+
+def test_a_derive_that_fails_at_sampling_names_the_key():
+    """A value inside a range, where validation tries only the ends, can still fail: the trial says why."""
+    text = HEAD + '  optim.momentum: {uniform: [0.0005, 0.9]}\n' \
+                  '  optim.lr: {derive: "sqrt((optim.momentum - 0.001) * (optim.momentum - 0.899))"}\n'
+    spec = parse_spec(text, SRC)
+    with pytest.raises(ConfigError) as e:
+        sample(spec, optuna.trial.FixedTrial({"optim.momentum": 0.5}))
+    assert str(e.value).startswith("optim.lr: derive ") and "cannot be computed" in str(e.value)
+    assert "optim.momentum=0.5" in str(e.value)
 
 
 # (id, space body from line 4, offending key, line, fragment)
@@ -180,20 +192,23 @@ def test_derive_where_it_does_not_belong(text, key, fragment):
 
 
 def test_a_failing_derive_fails_its_trial_with_the_reason_and_the_sweep_goes_on(write_spec, tmp_path):
-    spec = tiny_spec(name="bad_derive", space={"optim.lr": {"derive": "0.1 / (train.batch_size - 64)"}})
+    # Validation tries the ends of the range, where the expression holds; nearly every value inside fails.
+    expr = "0.1 * sqrt((optim.momentum - 0.001) * (optim.momentum - 0.899))"
+    spec = tiny_spec(name="bad_derive", space={"optim.momentum": {"uniform": [0.0005, 0.9]},
+                                               "optim.lr": {"derive": expr}})
     loaded = load_spec(write_spec(spec))
     url = sweeps.resolve("bad_derive", None, tmp_path / "runs", create=True)
     assert sweeps.run(loaded, url, quiet=True).finished == 2  # failed with a reason: counted, not retried
     frame = analysis.load(loaded, url)
     assert list(frame["state"]) == ["failed", "failed"]
-    assert frame["error"].str.startswith("optim.lr: derive '0.1 / (train.batch_size - 64)' divides by zero").all()
+    assert frame["error"].str.startswith(f"optim.lr: derive {expr!r} cannot be computed").all()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat")  # ask/tell here, where the engine uses optimize
 def test_a_derived_key_is_a_column_of_the_results(tmp_path):
     spec = parse_spec(LINEAR.replace("name: t", "name: cols"), SRC)
     url = sweeps.resolve("cols", None, tmp_path, create=True)
-    study = open_study(spec, url)
+    study, _ = open_study(spec, url)
     for _ in range(3):
         trial = study.ask()
         values = sample(spec, trial)

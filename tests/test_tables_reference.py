@@ -12,7 +12,7 @@ import analysis
 import cli
 import sweeps
 from search_spaces import SpecError, describe, parse_spec
-from sweeps.optuna_engine import open_study
+from sweeps.optuna_work import open_study
 
 SRC = "r.yaml"
 HEAD = """name: ref
@@ -131,7 +131,7 @@ def test_rows_fit_only_tables_that_show_their_columns():
 def test_sweep_table_by_variant_shows_the_reference_from_the_name_alone(tmp_path, capsys):
     spec = parse_spec(HEAD + ROWS, SRC)
     url = sweeps.resolve("ref", None, tmp_path, create=True)
-    study = open_study(spec, url)
+    study, _ = open_study(spec, url)
     frame = _frame()
     dists = {"variant": optuna.distributions.CategoricalDistribution(["baseline", "cutout"]),
              "train.batch_size": optuna.distributions.CategoricalDistribution([64, 128])}

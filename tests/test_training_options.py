@@ -143,7 +143,7 @@ def test_a_checkpoint_of_another_config_at_the_path_is_not_resumed(tmp_path):
     result, fresh = train(other, lambda epoch, m: epochs.append(epoch), checkpoint), train(other)
     assert epochs == [1, 2]  # trained from scratch, not from the old run's epoch 1
     assert [result[k] for k in ("train_loss", "test_error")] == [fresh[k] for k in ("train_loss", "test_error")]
-    assert torch.load(checkpoint, weights_only=True)["config"]["optim"]["lr"] == 0.05  # and it took the path over
+    assert torch.load(checkpoint, weights_only=True)["config"]["optim.lr"] == 0.05  # and it took the path over
     # The same config with another thread count is the same run: it resumes.
     epochs.clear()
     train(with_key(other, "train.threads", 1), lambda epoch, m: epochs.append(epoch), checkpoint)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Augment, Policy
-from .errors import ConfigError
-from .registry import Registry
+from . import registries
 
 
 def pad_images(x: torch.Tensor, pad: int, mode: str, fill: int = 0) -> torch.Tensor:
@@ -101,7 +100,7 @@ class Normalize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
-ERASE_VALUES: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("erasing value")
+ERASE_VALUES = registries.ERASE_VALUES
 
 
 @ERASE_VALUES.register("random")
@@ -158,7 +157,7 @@ def random_erasing(x: torch.Tensor, prob: float, area, ratio, value: str,
     return torch.where(box[:, None], ERASE_VALUES.get(value)(x, gen), x)
 
 
-POLICIES: Registry[Callable[[Policy], Callable]] = Registry("augmentation policy")
+POLICIES = registries.POLICIES
 
 
 @POLICIES.register("autoaugment")
@@ -197,36 +196,6 @@ def apply_policy(x: torch.Tensor, transform: Callable, gen: torch.Generator) -> 
         return torch.stack([transform(img) for img in x])
 
 
-def check(cfg: Augment, batch_size: int, image_shape) -> None:
-    """Reject augment values the batches cannot use, naming the key and the fix."""
-    c, h, w = image_shape
-    p, r, er = cfg.policy, cfg.repeated, cfg.random_erasing
-    rules = [
-        ("augment.repeated", r >= 1 and batch_size % r == 0,
-         f"{r} must be >= 1 and divide train.batch_size {batch_size}",
-         "use a divisor of train.batch_size (1: off), or change train.batch_size"),
-        ("augment.crop_padding", cfg.crop_padding >= 0, "must be >= 0", "use 0 (off) or a positive pad"),
-        ("augment.crop_padding", cfg.pad_mode != "reflect" or cfg.crop_padding < min(h, w),
-         f"reflect padding needs a pad below the image size {min(h, w)}", "lower it or use replicate"),
-        ("augment.pad_fill", 0 <= cfg.pad_fill <= 255, f"{cfg.pad_fill} is not a uint8 value", "use 0-255"),
-        ("augment.cutout.size", cfg.cutout.size >= 0, "must be >= 0", "use 0 (off) or a positive side"),
-        ("augment.cutout.prob", 0 <= cfg.cutout.prob <= 1, "must lie in [0, 1]", "use a probability"),
-        ("augment.random_erasing.prob", 0 <= er.prob <= 1, "must lie in [0, 1]", "use a probability"),
-        ("augment.random_erasing.area", len(er.area) == 2 and 0 < er.area[0] <= er.area[1] <= 1,
-         f"{list(er.area)} is not a range of area shares", "give [low, high] with 0 < low <= high <= 1"),
-        ("augment.random_erasing.ratio", len(er.ratio) == 2 and 0 < er.ratio[0] <= er.ratio[1],
-         f"{list(er.ratio)} is not a range of aspect ratios", "give [low, high] with 0 < low <= high"),
-        ("augment.policy.name", p.name == "none" or c in (1, 3),
-         f"policies need 1- or 3-channel images, not {c}", "use none"),
-        ("augment.policy.magnitude", p.name != "randaugment" or 0 <= p.magnitude <= 30,
-         f"{p.magnitude} is outside 0-30", "use 0-30 (9 in the paper)"),
-        ("augment.policy.num_ops", p.name != "randaugment" or p.num_ops >= 0, "must be >= 0", "use e.g. 2"),
-    ]
-    for key, ok, message, fix in rules:
-        if not ok:
-            raise ConfigError(key, message, fix)
-
-
 class TrainBatches:
     """Shuffled, augmented training batches from a resident uint8 tensor.
 
@@ -240,7 +209,6 @@ class TrainBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
                  normalize: Normalize, gen: torch.Generator, out_size: int | None = None):
-        check(cfg, batch_size, tuple(x.shape[1:]))
         self.pad, self.flip = cfg.crop_padding, cfg.flip
         self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
         self.size = tuple(x.shape[2:])

@@ -6,6 +6,7 @@ Every key a spec can set or search lives here, so the spec validator, the CLI's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import difflib
@@ -14,33 +15,82 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Optional
 
 from .errors import ConfigError
+from .registries import DATASETS, ERASE_VALUES, LOSSES, OPTIMIZERS, POLICIES, SCHEDULES, WARMUPS
 
 
-def opt(default, doc: str, choices: tuple = ()):
-    """A config field with its one-line documentation (and allowed values)."""
+@dataclass(frozen=True)
+class Range:
+    """The bounds a number (or each item of a list) must lie in; an open end excludes its bound."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    length: int | None = None  # a list: exactly this many items
+    ordered: bool = False      # a list: [low, high] with low <= high
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            if self.low_open:
+                return "positive" if self.low == 0 else f"> {self.low:g}"
+            return f"at least {self.low:g}"
+        return f"< {self.high:g}" if self.high_open else f"at most {self.high:g}"
+
+    def holds(self, x) -> bool:
+        if self.low is not None and not (x > self.low if self.low_open else x >= self.low):
+            return False
+        return self.high is None or (x < self.high if self.high_open else x <= self.high)
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value`, or None."""
+        items = value if isinstance(value, tuple) else (value,)
+        if self.length is not None and len(items) != self.length:
+            return f"needs {self.length} values, got {len(items)}"
+        if (self.low is not None or self.high is not None) and not all(self.holds(x) for x in items):
+            return f"must be {self.describe()}" + (" (each value)" if isinstance(value, tuple) else "")
+        if self.ordered and list(items) != sorted(items):
+            return "must be [low, high] with low <= high"
+        return None
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
+PROBABILITY, FRACTION = Range(0, 1), Range(0, 1, high_open=True)
+
+
+def opt(default, doc: str, choices=(), check: Range | None = None, used_when: tuple[str, tuple] | None = None):
+    """A config field with its one-line documentation, its allowed values (a tuple, or a registry
+    whose names are the choices) and its range. A null value (where the type allows it) passes both.
+    `used_when=(sibling, values)`: the field only matters when its section's `sibling` field takes one
+    of `values` (a schedule's own keys), so its range is only checked then: a sweep over the sibling
+    may carry values that only another choice uses."""
+    meta = {"doc": doc, "choices": choices, "check": check, "used_when": used_when}
     if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"doc": doc, "choices": choices})
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Data:
-    dataset: str = opt("fashion_mnist", "fashion_mnist | mnist | kmnist | cifar10 | cifar100 | image_folder | "
-                       "synthetic (random images, for benchmarks)")
+    dataset: str = opt("fashion_mnist", "data set; synthetic: random images, for benchmarks", DATASETS)
     root: str = opt("~/.cache/recipe-sweep/data", "where torchvision datasets are stored or downloaded; "
                     "image_folder: the folder holding train_dir and test_dir")
     download: bool = opt(False, "allow torchvision to download a missing dataset")
-    val_fraction: float = opt(0.1, "share of the training set held out for validation (seeded split)")
+    val_fraction: float = opt(0.1, "share of the training set held out for validation (seeded split)", check=FRACTION)
     split_seed: int = opt(0, "seed of the train/val split; fixed across trials so they compare fairly")
-    subset: Optional[int] = opt(None, "cap on training images, for quick runs (null: all)")
-    eval_subset: Optional[int] = opt(None, "cap on validation and test images (null: all)")
+    subset: Optional[int] = opt(None, "cap on training images, for quick runs (null: all)", check=AT_LEAST_1)
+    eval_subset: Optional[int] = opt(None, "cap on validation and test images (null: all)", check=AT_LEAST_1)
     train_dir: str = opt("train", "image_folder: subfolder of class folders for training (and validation)")
     test_dir: str = opt("val", "image_folder: subfolder of class folders for testing")
-    image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)")
-    test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)")
-    synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]")
-    synthetic_classes: int = opt(10, "synthetic: number of classes")
-    synthetic_size: int = opt(50000, "synthetic: training images (the test split has a fifth as many)")
+    image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)", check=AT_LEAST_1)
+    test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)",
+                                   check=AT_LEAST_1)
+    synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]",
+                                           check=Range(1, length=3))
+    synthetic_classes: int = opt(10, "synthetic: number of classes", check=Range(2))
+    synthetic_size: int = opt(50000, "synthetic: training images (the test split has a fifth as many)",
+                              check=AT_LEAST_1)
     synthetic_seed: int = opt(0, "synthetic: seed of the generated images and labels")
 
 
@@ -48,155 +98,181 @@ class Data:
 class Model:
     """Architecture options; null means the family's default (`sweep models NAME` shows them).
 
-    A family rejects options it does not take, so a typo in intent is an error.
+    A family refuses options it does not take, so a typo in intent is an error.
     """
 
     name: str = opt("resnet_preact", "architecture; `sweep models` lists them (tv:NAME for torchvision)")
-    depth: Optional[int] = opt(None, "total depth; each family names its valid depths")
+    depth: Optional[int] = opt(None, "total depth; each family names its valid depths", check=AT_LEAST_1)
     block: Optional[str] = opt(None, "residual block type", ("basic", "bottleneck"))
-    base_channels: Optional[int] = opt(None, "channels of the first stage (shake_shake: its width, e.g. 32, 96)")
-    widen: Optional[int] = opt(None, "widening factor of every stage (wrn, resnet_preact)")
-    dropout: Optional[float] = opt(None, "dropout rate inside blocks (wrn, densenet) or before the classifier")
+    base_channels: Optional[int] = opt(None, "channels of the first stage (shake_shake: its width, e.g. 32, 96)",
+                                       check=AT_LEAST_1)
+    widen: Optional[int] = opt(None, "widening factor of every stage (wrn, resnet_preact)", check=AT_LEAST_1)
+    dropout: Optional[float] = opt(None, "dropout rate inside blocks (wrn, densenet) or before the classifier",
+                                   check=FRACTION)
     remove_first_relu: Optional[bool] = opt(None, "drop the first ReLU of each residual branch (PyramidNet-style)")
     add_last_bn: Optional[bool] = opt(None, "add a BN after the last conv of each residual branch")
-    preact_stage: Optional[tuple[bool, ...]] = opt(None, "pre-activate the shortcut of each stage's first block")
-    growth_rate: Optional[int] = opt(None, "densenet: channels each layer adds")
-    compression: Optional[float] = opt(None, "densenet: channel reduction at each transition (BC: 0.5)")
-    alpha: Optional[int] = opt(None, "pyramidnet: total channel increase over the network")
-    cardinality: Optional[int] = opt(None, "resnext: number of groups")
-    base_width: Optional[int] = opt(None, "resnext: channels per group in the first stage")
+    preact_stage: Optional[tuple[bool, ...]] = opt(None, "pre-activate the shortcut of each stage's first block",
+                                                   check=Range(length=3))
+    growth_rate: Optional[int] = opt(None, "densenet: channels each layer adds", check=AT_LEAST_1)
+    compression: Optional[float] = opt(None, "densenet: channel reduction at each transition (BC: 0.5)",
+                                       check=Range(0, 1, low_open=True))
+    alpha: Optional[int] = opt(None, "pyramidnet: total channel increase over the network", check=NON_NEGATIVE)
+    cardinality: Optional[int] = opt(None, "resnext: number of groups", check=AT_LEAST_1)
+    base_width: Optional[int] = opt(None, "resnext: channels per group in the first stage", check=AT_LEAST_1)
     shake_forward: Optional[bool] = opt(None, "shake_shake: random branch weights in the forward pass")
     shake_backward: Optional[bool] = opt(None, "shake_shake: random (independent) weights in the backward pass")
     shake_image: Optional[bool] = opt(None, "shake_shake: one weight per image (else one per batch)")
-    se_reduction: Optional[int] = opt(None, "se_resnet_preact: squeeze-excitation channel reduction")
-    stage_channels: Optional[tuple[int, ...]] = opt(None, "vgg: channels of each stage")
-    stage_layers: Optional[tuple[int, ...]] = opt(None, "vgg: conv layers in each stage")
-    drop_path: Optional[float] = opt(None, "stochastic depth: drop rate of the last block, linear over depth")
+    se_reduction: Optional[int] = opt(None, "se_resnet_preact: squeeze-excitation channel reduction",
+                                      check=AT_LEAST_1)
+    stage_channels: Optional[tuple[int, ...]] = opt(None, "vgg: channels of each stage", check=AT_LEAST_1)
+    stage_layers: Optional[tuple[int, ...]] = opt(None, "vgg: conv layers in each stage", check=AT_LEAST_1)
+    drop_path: Optional[float] = opt(None, "stochastic depth: drop rate of the last block, linear over depth",
+                                     check=FRACTION)
     zero_init_residual: Optional[bool] = opt(None, "start each residual branch at zero (the block is the identity)")
     init: Optional[str] = opt(None, "weight init", ("kaiming_fan_out", "kaiming_fan_in", "xavier"))
 
 
 @dataclass(frozen=True)
 class Train:
-    epochs: int = opt(200, "training epochs")
-    batch_size: int = opt(128, "training batch size")
-    eval_batch_size: int = opt(512, "batch size for validation and test")
+    epochs: int = opt(200, "training epochs", check=AT_LEAST_1)
+    batch_size: int = opt(128, "training batch size", check=AT_LEAST_1)
+    eval_batch_size: int = opt(512, "batch size for validation and test", check=AT_LEAST_1)
     seed: int = opt(0, "seeds model init, shuffling and augmentation")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = opt("fp32", "fp32 | bf16 (autocast) | fp16 (autocast with a grad scaler; GPU only)",
+    precision: str = opt("fp32", "bf16: autocast; fp16: autocast with a grad scaler (GPU only)",
                          ("fp32", "bf16", "fp16"))
     channels_last: bool = opt(True, "NHWC memory format (faster convolutions on CPU and GPU)")
-    compile: bool = opt(False, "torch.compile the model for training steps (evaluation stays eager); for GPUs: "
-                        "on a 2-core CPU it was slower than eager and took 35-44 s per process to compile "
-                        "(set TORCHINDUCTOR_COMPILE_THREADS=1 on few cores)")
-    threads: int = opt(0, "torch CPU threads for this trial (0: torch's default)")
-    accumulate: int = opt(1, "micro-batches per batch: gradients are accumulated, one optimizer step per batch")
-    ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size")
-    ema_decay: Optional[float] = opt(None, "EMA of weights with this decay (e.g. 0.999), evaluated beside the raw model")
-    early_stop: Optional[int] = opt(None, "stop when val_error has not improved for this many epochs")
+    compile: bool = opt(False, "torch.compile the model for training steps (evaluation stays eager); pays on GPUs, "
+                        "not on a few CPU cores (BENCHMARKS.md); set TORCHINDUCTOR_COMPILE_THREADS=1 on few cores")
+    threads: int = opt(0, "torch CPU threads for this trial (0: torch's default)", check=NON_NEGATIVE)
+    accumulate: int = opt(1, "micro-batches per batch: gradients are accumulated, one optimizer step per batch",
+                          check=AT_LEAST_1)
+    ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size",
+                                     check=AT_LEAST_1)
+    ema_decay: Optional[float] = opt(None, "EMA of weights with this decay (e.g. 0.999), evaluated beside the raw "
+                                     "model", check=Range(0, 1, low_open=True, high_open=True))
+    early_stop: Optional[int] = opt(None, "stop when val_error has not improved for this many epochs",
+                                    check=AT_LEAST_1)
     tta_flip: bool = opt(False, "evaluate on each image and its mirror, averaging the softmax")
-    loss: str = opt("ce", "ce (softmax cross-entropy) | bce (binary cross-entropy on targets, as in RSB)",
-                    ("ce", "bce"))
+    loss: str = opt("ce", "ce: softmax cross-entropy; bce: binary cross-entropy on targets, as in RSB", LOSSES)
     teacher: Optional[str] = opt(None, "knowledge distillation from this model file (saved with save_model)")
-    distill_alpha: float = opt(0.5, "distillation: weight of the teacher's soft targets in the loss")
-    distill_temperature: float = opt(1.0, "distillation: softmax temperature of teacher and student")
+    distill_alpha: float = opt(0.5, "distillation: weight of the teacher's soft targets in the loss",
+                               check=PROBABILITY)
+    distill_temperature: float = opt(1.0, "distillation: softmax temperature of teacher and student",
+                                     check=POSITIVE)
     save_model: Optional[str] = opt(None, "write the final weights and model config to this file")
 
 
 @dataclass(frozen=True)
 class Optim:
-    name: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adabound", "lars", "lamb"))
-    lr: float = opt(0.1, "initial learning rate (per reference_batch images when scale_lr is on)")
-    momentum: float = opt(0.9, "SGD / LARS momentum")
-    dampening: float = opt(0.0, "SGD dampening")
+    name: str = opt("sgd", "optimizer", OPTIMIZERS)
+    lr: float = opt(0.1, "initial learning rate (per reference_batch images when scale_lr is on)", check=POSITIVE)
+    momentum: float = opt(0.9, "SGD / LARS momentum", check=FRACTION)
+    dampening: float = opt(0.0, "SGD dampening", check=PROBABILITY)
     nesterov: bool = opt(True, "Nesterov momentum (SGD)")
-    weight_decay: float = opt(5e-4, "weight decay (L2 for sgd/adam/lars, decoupled for adamw/lamb)")
+    weight_decay: float = opt(5e-4, "weight decay (L2 for sgd/adam/lars, decoupled for adamw/lamb)",
+                              check=NON_NEGATIVE)
     no_decay_bn_bias: bool = opt(False, "exclude BN parameters and biases from weight decay")
-    betas: tuple[float, ...] = opt((0.9, 0.999), "adam / adamw / adabound / lamb betas")
-    eps: float = opt(1e-8, "adam / adamw / adabound / lamb / lars epsilon")
-    final_lr: float = opt(0.1, "adabound: the SGD learning rate the bounds converge to")
-    bound_gamma: float = opt(1e-3, "adabound: convergence speed of the bounds")
-    trust_coefficient: float = opt(0.001, "lars: trust coefficient of the layer-wise lr")
-    grad_clip: Optional[float] = opt(None, "clip the gradients' global norm to this value")
+    betas: tuple[float, ...] = opt((0.9, 0.999), "adam / adamw / adabound / lamb betas",
+                                   check=Range(0, 1, high_open=True, length=2))
+    eps: float = opt(1e-8, "adam / adamw / adabound / lamb / lars epsilon", check=NON_NEGATIVE)
+    final_lr: float = opt(0.1, "adabound: the SGD learning rate the bounds converge to", check=POSITIVE)
+    bound_gamma: float = opt(1e-3, "adabound: convergence speed of the bounds", check=POSITIVE)
+    trust_coefficient: float = opt(0.001, "lars: trust coefficient of the layer-wise lr", check=POSITIVE)
+    grad_clip: Optional[float] = opt(None, "clip the gradients' global norm to this value", check=POSITIVE)
     scale_lr: bool = opt(False, "linear scaling rule: lr = lr * batch_size / reference_batch")
-    reference_batch: int = opt(256, "linear scaling rule: the batch size that lr is given for")
+    reference_batch: int = opt(256, "linear scaling rule: the batch size that lr is given for", check=AT_LEAST_1)
 
 
 @dataclass(frozen=True)
 class Schedule:
-    name: str = opt("cosine", "learning-rate schedule, stepped every iteration",
-                    ("constant", "step", "multistep", "exponential", "linear", "cosine", "sgdr", "onecycle"))
-    warmup_epochs: float = opt(0.0, "warm-up length in epochs (fractions allowed)")
-    warmup_mode: str = opt("linear", "warm-up shape", ("linear", "exponential"))
-    warmup_start: float = opt(0.0, "warm-up starts at this fraction of the lr (exponential: must be > 0)")
-    min_lr_ratio: float = opt(0.0, "cosine / linear / sgdr: floor as a fraction of the initial lr")
-    milestones: tuple[float, ...] = opt((0.5, 0.75), "multistep: decay points as fractions of the training length")
-    step_epochs: float = opt(30.0, "step: decay every this many epochs")
-    gamma: float = opt(0.1, "step / multistep: factor at each decay; exponential: factor per epoch")
-    restart_epochs: float = opt(10.0, "sgdr: length of the first cycle in epochs")
-    restart_mult: float = opt(2.0, "sgdr: each cycle is this many times longer than the last")
-    onecycle_peak: float = opt(0.3, "onecycle: share of training spent rising to the peak lr")
-    onecycle_div: float = opt(25.0, "onecycle: starting lr = lr / this")
-    onecycle_final_div: float = opt(1e4, "onecycle: final lr = lr / (onecycle_div * this)")
+    name: str = opt("cosine", "learning-rate schedule, stepped every iteration", SCHEDULES)
+    warmup_epochs: float = opt(0.0, "warm-up length in epochs (fractions allowed)", check=NON_NEGATIVE)
+    warmup_mode: str = opt("linear", "warm-up shape", WARMUPS)
+    warmup_start: float = opt(0.0, "warm-up starts at this fraction of the lr (exponential: must be > 0)",
+                              check=NON_NEGATIVE)
+    min_lr_ratio: float = opt(0.0, "cosine / linear / sgdr: floor as a fraction of the initial lr",
+                              check=PROBABILITY)
+    milestones: tuple[float, ...] = opt((0.5, 0.75), "multistep: decay points as fractions of the training length",
+                                        check=PROBABILITY, used_when=("name", ("multistep",)))
+    step_epochs: float = opt(30.0, "step: decay every this many epochs", check=POSITIVE,
+                             used_when=("name", ("step",)))
+    gamma: float = opt(0.1, "step / multistep: factor at each decay; exponential: factor per epoch", check=POSITIVE,
+                       used_when=("name", ("step", "multistep", "exponential")))
+    restart_epochs: float = opt(10.0, "sgdr: length of the first cycle in epochs", check=POSITIVE,
+                                used_when=("name", ("sgdr",)))
+    restart_mult: float = opt(2.0, "sgdr: each cycle is this many times longer than the last (cycles never "
+                              "shrink)", check=Range(1), used_when=("name", ("sgdr",)))
+    onecycle_peak: float = opt(0.3, "onecycle: share of training spent rising to the peak lr",
+                               check=Range(0, 1, low_open=True, high_open=True), used_when=("name", ("onecycle",)))
+    onecycle_div: float = opt(25.0, "onecycle: starting lr = lr / this", check=POSITIVE,
+                              used_when=("name", ("onecycle",)))
+    onecycle_final_div: float = opt(1e4, "onecycle: final lr = lr / (onecycle_div * this)", check=POSITIVE,
+                                    used_when=("name", ("onecycle",)))
 
 
 @dataclass(frozen=True)
 class Cutout:
-    size: int = opt(0, "side of the square patch set to zero (0: off); e.g. 16 on CIFAR")
-    prob: float = opt(1.0, "share of images that get a patch")
+    size: int = opt(0, "side of the square patch set to zero (0: off); e.g. 16 on CIFAR", check=NON_NEGATIVE)
+    prob: float = opt(1.0, "share of images that get a patch", check=PROBABILITY)
 
 
 @dataclass(frozen=True)
 class RandomErasing:
-    prob: float = opt(0.0, "share of images erased (0: off); the paper uses 0.5")
-    area: tuple[float, ...] = opt((0.02, 0.4), "range of the erased share of the image area")
-    ratio: tuple[float, ...] = opt((0.3, 3.3), "range of the erased rectangle's aspect ratio")
-    value: str = opt("random", "erase with random values or zeros", ("random", "zero"))
+    prob: float = opt(0.0, "share of images erased (0: off); the paper uses 0.5", check=PROBABILITY)
+    area: tuple[float, ...] = opt((0.02, 0.4), "range of the erased share of the image area",
+                                  check=Range(0, 1, low_open=True, length=2, ordered=True))
+    ratio: tuple[float, ...] = opt((0.3, 3.3), "range of the erased rectangle's aspect ratio",
+                                   check=Range(0, low_open=True, length=2, ordered=True))
+    value: str = opt("random", "erase with random values or zeros", ERASE_VALUES)
 
 
 @dataclass(frozen=True)
 class Mixup:
-    alpha: float = opt(0.0, "Beta(alpha, alpha) mixing weight (0: off); e.g. 1.0")
-    prob: float = opt(1.0, "share of batches mixed")
+    alpha: float = opt(0.0, "Beta(alpha, alpha) mixing weight (0: off); e.g. 1.0", check=NON_NEGATIVE)
+    prob: float = opt(1.0, "share of batches mixed", check=PROBABILITY)
 
 
 @dataclass(frozen=True)
 class CutMix:
-    alpha: float = opt(0.0, "Beta(alpha, alpha) area share (0: off); e.g. 1.0")
-    prob: float = opt(1.0, "share of batches mixed")
+    alpha: float = opt(0.0, "Beta(alpha, alpha) area share (0: off); e.g. 1.0", check=NON_NEGATIVE)
+    prob: float = opt(1.0, "share of batches mixed", check=PROBABILITY)
 
 
 @dataclass(frozen=True)
 class Ricap:
-    beta: float = opt(0.0, "Beta(beta, beta) boundary position (0: off); the paper uses 0.3")
-    prob: float = opt(1.0, "share of batches patched")
+    beta: float = opt(0.0, "Beta(beta, beta) boundary position (0: off); the paper uses 0.3", check=NON_NEGATIVE)
+    prob: float = opt(1.0, "share of batches patched", check=PROBABILITY)
 
 
 @dataclass(frozen=True)
 class DualCutout:
-    alpha: float = opt(0.0, "weight of the consistency term between two cutout views (0: off); e.g. 0.1")
-    size: int = opt(16, "cutout side for both views")
+    alpha: float = opt(0.0, "weight of the consistency term between two cutout views (0: off); e.g. 0.1",
+                       check=NON_NEGATIVE)
+    size: int = opt(16, "cutout side for both views (> 0 when alpha is on)", check=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class Policy:
-    name: str = opt("none", "learned or random augmentation policy",
-                    ("none", "autoaugment", "randaugment", "trivialaugment"))
-    num_ops: int = opt(2, "randaugment: operations per image")
-    magnitude: int = opt(9, "randaugment: magnitude (0-30)")
+    name: str = opt("none", "learned or random augmentation policy", POLICIES)
+    num_ops: int = opt(2, "randaugment: operations per image", check=NON_NEGATIVE,
+                       used_when=("name", ("randaugment",)))
+    magnitude: int = opt(9, "randaugment: magnitude", check=Range(0, 30), used_when=("name", ("randaugment",)))
 
 
 @dataclass(frozen=True)
 class Augment:
-    crop_padding: int = opt(4, "random crop after padding by this many pixels (0: off)")
+    crop_padding: int = opt(4, "random crop after padding by this many pixels (0: off)", check=NON_NEGATIVE)
     pad_mode: str = opt("constant", "padding of the random crop", ("constant", "reflect", "replicate"))
-    pad_fill: int = opt(0, "constant padding value (0-255)")
+    pad_fill: int = opt(0, "constant padding value", check=Range(0, 255))
     flip: bool = opt(True, "random horizontal flip")
     random_resized_crop: bool = opt(False, "random crop of random area and aspect, resized to data.image_size")
-    crop_scale: tuple[float, ...] = opt((0.08, 1.0), "random_resized_crop: range of the crop's area share")
+    crop_scale: tuple[float, ...] = opt((0.08, 1.0), "random_resized_crop: range of the crop's area share",
+                                        check=Range(0, 1, low_open=True, length=2, ordered=True))
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std")
-    label_smoothing: float = opt(0.0, "label smoothing; composes with mixup, cutmix and ricap")
-    repeated: int = opt(1, "repeated augmentation: each batch holds this many augmented copies of each image")
+    label_smoothing: float = opt(0.0, "label smoothing; composes with mixup, cutmix and ricap", check=FRACTION)
+    repeated: int = opt(1, "repeated augmentation: each batch holds this many augmented copies of each image",
+                        check=AT_LEAST_1)
     policy: Policy = field(default_factory=Policy)
     cutout: Cutout = field(default_factory=Cutout)
     random_erasing: RandomErasing = field(default_factory=RandomErasing)
@@ -222,8 +298,9 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.lru_cache(maxsize=None)
 def leaf_keys(cls=TrialConfig, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
-    """Every settable dotted key with its type and field (e.g. 'optim.lr')."""
+    """Every settable dotted key with its type and field (e.g. 'optim.lr'); shared, so never change it."""
     out: dict[str, tuple[Any, dataclasses.Field]] = {}
     hints = _hints(cls)
     for f in fields(cls):
@@ -287,12 +364,27 @@ def coerce(key: str, tp, value):
     raise bad
 
 
-def check_choices(key: str, f: dataclasses.Field, value) -> None:
+def field_problem(key: str, f: dataclasses.Field, value) -> ConfigError | None:
+    """The field's own rule (its choices and its range) broken by `value`, or None; null passes."""
+    if value is None:
+        return None
     choices = f.metadata.get("choices", ())
-    if choices and value is not None and value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f"use {close[0]!r}" if close else f"use one of {', '.join(map(str, choices))}"
-        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, choices))}", hint)
+    names = choices.names() if hasattr(choices, "names") else [str(c) for c in choices]
+    if names and value not in choices:
+        close = difflib.get_close_matches(str(value), names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(names)}"
+        return ConfigError(key, f"{value!r} is not one of {', '.join(names)}", hint)
+    check = f.metadata.get("check")
+    problem = check.problem(value) if check else None
+    if problem:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        example = f"e.g. {_shown(default)}" if default is not None and not check.problem(default) else "a value in range"
+        return ConfigError(key, f"{problem}, got {_shown(value)}", f"use {example}")
+    return None
+
+
+def _shown(value) -> str:
+    return json.dumps(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 def unknown_key(key: str, known) -> ConfigError:
@@ -302,13 +394,13 @@ def unknown_key(key: str, known) -> ConfigError:
 
 
 def with_key(cfg: TrialConfig, key: str, value) -> TrialConfig:
-    """A copy of cfg with one dotted key set, coerced to the field's type."""
+    """A copy of cfg with one dotted key set, coerced to the field's type (its rules are checked by
+    `trainable.rules.check`, once the whole config is known)."""
     keys = leaf_keys(type(cfg))
     if key not in keys:
         raise unknown_key(key, keys)
     tp, f = keys[key]
     value = coerce(key, tp, value)
-    check_choices(key, f, value)
 
     def set_in(obj, parts):
         head, rest = parts[0], parts[1:]
@@ -373,5 +465,10 @@ def defaults_text() -> str:
             lines.append(f"{head}:")
         default = get_key(TrialConfig(), key)
         shown = json.dumps(list(default) if isinstance(default, tuple) else default)
-        lines.append(f"  {name}: {shown}".ljust(44) + f"# {type_name(tp)}: {f.metadata['doc']}")
+        choices = f.metadata["choices"]
+        names = choices.names() if hasattr(choices, "names") else list(choices)
+        rule = f.metadata.get("check")
+        extra = (f" (one of: {', '.join(names)})" if names else "") + (f" ({rule.describe()})" if rule and
+                                                                      (rule.low is not None or rule.high is not None) else "")
+        lines.append(f"  {name}: {shown}".ljust(44) + f"# {type_name(tp)}: {f.metadata['doc']}{extra}")
     return "\n".join(lines)

@@ -10,26 +10,86 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .config import Data
 from .errors import ConfigError, DatasetMissing
-from .registry import Registry
+from . import registries
 
 # Debian's dataset-fashion-mnist package installs the IDX files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 Raw = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_train, y_train, x_test, y_test
 # A loader reads the `data` section and returns the raw splits and the number of classes.
-DATASETS: Registry[Callable[[Data], tuple[Raw, int]]] = Registry("dataset")
-NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+DATASETS = registries.DATASETS
 # The `data` keys that decide a dataset's raw tensors; the split and the caps apply after the cache.
 SOURCE_KEYS = ("dataset", "root", "download", "synthetic_shape", "synthetic_classes", "synthetic_size",
                "synthetic_seed")
 EVAL_CROP = 0.875  # centre crop share at evaluation (224 of 256), as in the ImageNet recipes
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known of a data set before it is loaded: the rules read it (batch and image sizes)."""
+
+    shape: tuple[int, int, int]  # channels, height, width
+    train_images: int            # before the validation split
+    classes: int
+    folder: str = ""             # torchvision: the subfolder of data.root that holds it
+
+
+FACTS: dict[str, Facts] = {}
+
+
+def dataset(name: str, facts: Facts | None = None):
+    """Register a loader (data section -> raw splits and classes) and what is known of its data."""
+    def add(loader):
+        DATASETS.register(name)(loader)
+        if facts is not None:
+            FACTS[name] = facts
+        return loader
+    return add
+
+
+def image_shape(cfg: Data) -> tuple[int, int, int] | None:
+    """The shape of one training image as the model sees it (None: not known before loading)."""
+    if cfg.dataset == "synthetic":
+        return tuple(cfg.synthetic_shape) if len(cfg.synthetic_shape) == 3 else None
+    if cfg.dataset == "image_folder":
+        return (3, cfg.image_size, cfg.image_size)
+    return FACTS[cfg.dataset].shape if cfg.dataset in FACTS else None
+
+
+def train_images(cfg: Data) -> int | None:
+    """Training images after the validation split and data.subset (None: not known before loading)."""
+    total = cfg.synthetic_size if cfg.dataset == "synthetic" else getattr(FACTS.get(cfg.dataset), "train_images", None)
+    if total is None:
+        return None
+    n = total - int(round(cfg.val_fraction * total))
+    return min(n, cfg.subset) if cfg.subset is not None else n
+
+
+def missing(cfg: Data) -> str | None:
+    """Why cfg's data set cannot be loaded on this machine without a download, or None."""
+    root = _root(cfg)
+    if cfg.dataset == "image_folder":
+        for sub in (cfg.train_dir, cfg.test_dir):
+            if not (root / sub).is_dir():
+                return (f"data.root: {root / sub} does not exist; fix: point data.root at a folder holding "
+                        f"{cfg.train_dir}/ and {cfg.test_dir}/, each with one subfolder of images per class")
+        return None
+    facts = FACTS.get(cfg.dataset)
+    if facts is None or not facts.folder or cfg.download or (root / facts.folder).exists():
+        return None
+    if cfg.dataset == "fashion_mnist":
+        if (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+            return None
+        return ("data.dataset: fashion_mnist is not installed; fix: `apt-get install dataset-fashion-mnist` "
+                "(Debian/Ubuntu), or set data.download=true to fetch it with torchvision")
+    return (f"data.dataset: {cfg.dataset} is not in {root}; fix: set data.download=true to fetch it with "
+            "torchvision, or point data.root at a folder that holds it")
 
 
 @dataclass(frozen=True)
@@ -85,25 +145,26 @@ def _torchvision(cls_name: str, cfg: Data, name: str) -> tuple[Raw, int]:
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # CIFAR is N x H x W x C
         return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
-    return (*tensors(train), *tensors(test)), NUM_CLASSES[name]
+    return (*tensors(train), *tensors(test)), FACTS[name].classes
 
 
-@DATASETS.register("fashion_mnist")
+@dataset("fashion_mnist", Facts((1, 28, 28), 60000, 10, "FashionMNIST"))
 def fashion_mnist(cfg: Data) -> tuple[Raw, int]:
     if (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
-        return _idx_split(DEBIAN_FASHION_MNIST), NUM_CLASSES["fashion_mnist"]
-    if not cfg.download and not (_root(cfg) / "FashionMNIST" / "raw").exists():
-        raise DatasetMissing(
-            "data.dataset: fashion_mnist is not installed; fix: `apt-get install dataset-fashion-mnist` "
-            "(Debian/Ubuntu), or set data.download=true to fetch it with torchvision")
+        return _idx_split(DEBIAN_FASHION_MNIST), FACTS["fashion_mnist"].classes
+    if (reason := missing(cfg)) is not None:
+        raise DatasetMissing(reason)
     return _torchvision("FashionMNIST", cfg, "fashion_mnist")
 
 
-for _name, _cls in {"mnist": "MNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}.items():
-    DATASETS.register(_name)(functools.partial(_torchvision, _cls, name=_name))
+for _name, _cls, _facts in (("mnist", "MNIST", Facts((1, 28, 28), 60000, 10, "MNIST")),
+                            ("kmnist", "KMNIST", Facts((1, 28, 28), 60000, 10, "KMNIST")),
+                            ("cifar10", "CIFAR10", Facts((3, 32, 32), 50000, 10, "cifar-10-batches-py")),
+                            ("cifar100", "CIFAR100", Facts((3, 32, 32), 50000, 100, "cifar-100-python"))):
+    dataset(_name, _facts)(functools.partial(_torchvision, _cls, name=_name))
 
 
-@DATASETS.register("synthetic")
+@dataset("synthetic")
 def synthetic(cfg: Data) -> tuple[Raw, int]:
     """Random uint8 images of data.synthetic_shape, for benchmarks where no real data is installed.
 
@@ -114,13 +175,6 @@ def synthetic(cfg: Data) -> tuple[Raw, int]:
     data.synthetic_seed fixes both.
     """
     shape, classes, size = tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_size
-    rules = [("data.synthetic_shape", len(shape) == 3 and min(shape) >= 1,
-              f"{list(shape)} is not [channels, height, width]", "give three positive sizes, e.g. [3, 32, 32]"),
-             ("data.synthetic_classes", classes >= 2, f"needs at least 2 classes, got {classes}", "use e.g. 10"),
-             ("data.synthetic_size", size >= 1, f"needs at least 1 image, got {size}", "use e.g. 50000")]
-    for key, ok, message, fix in rules:
-        if not ok:
-            raise ConfigError(key, message, fix)
     gen = torch.Generator().manual_seed(cfg.synthetic_seed)
     # Evenly spaced levels, shuffled on their own in each channel, so classes never share all levels.
     spaced = torch.linspace(0, 127, classes).round().to(torch.uint8)
@@ -150,8 +204,8 @@ def _folder(root: str, train_dir: str, test_dir: str, stored: int) -> tuple[Raw,
     for sub in (train_dir, test_dir):
         folder = base / sub
         if not folder.is_dir():
-            raise DatasetMissing(f"data.root: {folder} does not exist; fix: point data.root at a folder holding "
-                                 f"{train_dir}/ and {test_dir}/, each with one subfolder of images per class")
+            raise DatasetMissing(missing(Data(dataset="image_folder", root=root, train_dir=train_dir,
+                                              test_dir=test_dir)))
         ds = ImageFolder(str(folder))
         need = len(ds) * 3 * stored * stored
         if need > 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
@@ -174,12 +228,7 @@ def _eval_view(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load(cfg: Data) -> Splits:
-    """The seeded train/val/test split of cfg.dataset, on the CPU."""
-    if cfg.dataset not in DATASETS and cfg.dataset != "image_folder":
-        raise ConfigError("data.dataset", DATASETS.unknown(cfg.dataset) + ", image_folder",
-                          "use one of the known names")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError("data.val_fraction", f"must be in [0, 1), got {cfg.val_fraction}", "use e.g. 0.1")
+    """The seeded train/val/test split of cfg.dataset, on the CPU (its values checked by trainable.rules)."""
     if cfg.dataset == "image_folder":
         test_size = cfg.test_size or cfg.image_size
         stored = round(max(cfg.image_size, test_size) / EVAL_CROP)
@@ -191,8 +240,6 @@ def load(cfg: Data) -> Splits:
     n_val = int(round(cfg.val_fraction * len(x)))
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.subset is not None:
-        if cfg.subset < 1:
-            raise ConfigError("data.subset", f"must be positive, got {cfg.subset}", "use null for all images")
         train_idx = train_idx[: cfg.subset]
     if cfg.eval_subset is not None:
         val_idx = val_idx[: cfg.eval_subset]

@@ -4,12 +4,10 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Model
-from .data import NUM_CLASSES
+from .config import Data, Model
+from .data import FACTS, image_shape
 from .models import DEFAULTS, MODELS, PREFIXES, build_model
 
-INPUT = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "kmnist": (1, 28, 28),
-         "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 
 
 def families_text() -> str:
@@ -26,8 +24,9 @@ def families_text() -> str:
 
 def size(model_config: Model, dataset: str = "cifar10", image_size: int = 224) -> tuple[int, int]:
     """(parameters, multiply-adds of one forward pass on one image), counted by torch."""
-    shape = INPUT.get(dataset, (3, image_size, image_size))
-    model = build_model(model_config, NUM_CLASSES.get(dataset, 1000), shape[0]).eval()
+    shape = image_shape(Data(dataset=dataset, image_size=image_size))
+    classes = FACTS[dataset].classes if dataset in FACTS else 1000
+    model = build_model(model_config, classes, shape[0]).eval()
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

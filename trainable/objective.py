@@ -14,16 +14,14 @@ from torch import nn
 
 from .augment import cutout
 from .config import Augment, Train
-from .errors import ConfigError
-from .registry import Registry
+from . import registries
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # (batch, soft targets, strength, host rng) -> (mixed batch, mixed targets, what was drawn)
 Mixer = Callable[[torch.Tensor, torch.Tensor, float, np.random.Generator],
                  tuple[torch.Tensor, torch.Tensor, dict]]
 
-LOSSES: Registry[Loss] = Registry("loss")
-MIXERS: Registry[Mixer] = Registry("mixing regularizer")
+LOSSES, MIXERS = registries.LOSSES, registries.MIXERS
 STRENGTH = {"mixup": "alpha", "cutmix": "alpha", "ricap": "beta"}  # the field that switches each mixer on
 
 
@@ -104,35 +102,6 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-_RULES = {  # name -> (holds, what is wrong, how to fix)
-    "strength": (lambda v: v >= 0, "must be >= 0", "use 0 to turn it off or a positive value"),
-    "prob": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]", "use a value between 0 and 1"),
-    "smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)", "use 0 (off) or a small value such as 0.1"),
-    "weight": (lambda v: 0 <= v <= 1, "must be in [0, 1]", "use a weight between 0 and 1, e.g. 0.5"),
-    "positive": (lambda v: v > 0, "must be > 0", "use a positive value, e.g. 1.0 (or 16 for a cutout size)"),
-}
-
-
-def validate(augment: Augment, train: Train) -> None:
-    """Raise ConfigError naming the first key the objective cannot use."""
-    checks = [("augment.label_smoothing", augment.label_smoothing, "smoothing"),
-              ("augment.dual_cutout.alpha", augment.dual_cutout.alpha, "strength"),
-              ("train.distill_alpha", train.distill_alpha, "weight"),
-              ("train.distill_temperature", train.distill_temperature, "positive")]
-    for name, field in STRENGTH.items():
-        section = getattr(augment, name)
-        checks += [(f"augment.{name}.{field}", getattr(section, field), "strength"),
-                   (f"augment.{name}.prob", section.prob, "prob")]
-    if augment.dual_cutout.alpha > 0:
-        checks.append(("augment.dual_cutout.size", augment.dual_cutout.size, "positive"))
-    for key, value, rule in checks:
-        holds, wrong, fix = _RULES[rule]
-        if not holds(value):
-            raise ConfigError(key, f"{value!r} {wrong}", fix)
-    if train.loss not in LOSSES:
-        raise ConfigError("train.loss", LOSSES.unknown(train.loss), f"use one of {', '.join(LOSSES.names())}")
-
-
 class Objective:
     """Loss of one training batch with every enabled regularizer.
 
@@ -142,7 +111,6 @@ class Objective:
 
     def __init__(self, augment: Augment, train: Train, num_classes: int, gen: torch.Generator,
                  teacher: nn.Module | None = None):
-        validate(augment, train)
         self.num_classes, self.gen, self.teacher = num_classes, gen, teacher
         self.eps = augment.label_smoothing
         self.loss_fn = LOSSES.get(train.loss)

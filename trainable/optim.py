@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from .config import Optim
-from .errors import ConfigError
-from .registry import Registry
+from . import registries
 
 Builder = Callable[[list[dict], Optim, float], torch.optim.Optimizer]
-OPTIMIZERS: Registry[Builder] = Registry("optimizer")
+OPTIMIZERS = registries.OPTIMIZERS
 
 # Normalization layers: their affine parameters set a scale, not a feature, so decaying them only hurts.
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -167,9 +166,6 @@ class LAMB(torch.optim.Optimizer):
 
 @OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], cfg: Optim, lr: float) -> torch.optim.Optimizer:
-    if cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
-        raise ConfigError("optim.nesterov", f"Nesterov momentum needs momentum > 0 and dampening 0, got "
-                          f"momentum={cfg.momentum}, dampening={cfg.dampening}", "set optim.nesterov: false")
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, dampening=cfg.dampening,
                            nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
@@ -203,30 +199,6 @@ def lamb(groups: list[dict], cfg: Optim, lr: float) -> torch.optim.Optimizer:
 
 # ---- public entry points -----------------------------------------------------
 
-# (key, holds, why, fix): values no optimizer can use, refused before any is built.
-_RANGES: tuple[tuple[str, Callable[[Optim], bool], str, str], ...] = (
-    ("lr", lambda c: c.lr > 0, "must be > 0", "use e.g. 0.1"),
-    ("momentum", lambda c: 0 <= c.momentum < 1, "must be in [0, 1)", "use e.g. 0.9"),
-    ("dampening", lambda c: 0 <= c.dampening <= 1, "must be in [0, 1]", "use 0"),
-    ("weight_decay", lambda c: c.weight_decay >= 0, "must be >= 0", "use e.g. 5e-4"),
-    ("betas", lambda c: len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas),
-     "must be two values in [0, 1)", "use e.g. [0.9, 0.999]"),
-    ("eps", lambda c: c.eps >= 0, "must be >= 0", "use e.g. 1e-8"),
-    ("final_lr", lambda c: c.final_lr > 0, "must be > 0", "use e.g. 0.1"),
-    ("bound_gamma", lambda c: c.bound_gamma > 0, "must be > 0", "use e.g. 1e-3"),
-    ("trust_coefficient", lambda c: c.trust_coefficient > 0, "must be > 0", "use e.g. 0.001"),
-    ("grad_clip", lambda c: c.grad_clip is None or c.grad_clip > 0, "must be > 0 or null", "use e.g. 1.0"),
-    ("reference_batch", lambda c: c.reference_batch >= 1, "must be at least 1", "use e.g. 256"),
-)
-
-
-def check(cfg: Optim) -> None:
-    """Refuse out-of-range values with one line naming the key, rather than a torch traceback."""
-    for key, holds, why, fix in _RANGES:
-        if not holds(cfg):
-            raise ConfigError(f"optim.{key}", f"{why}, got {getattr(cfg, key)!r}", fix)
-
-
 def scaled_lr(cfg: Optim, batch_size: int) -> float:
     """The linear scaling rule (Goyal et al. 2017): lr is given per reference_batch images."""
     return cfg.lr * batch_size / cfg.reference_batch if cfg.scale_lr else cfg.lr
@@ -254,10 +226,8 @@ def param_groups(model: nn.Module, cfg: Optim) -> list[dict]:
 
 
 def build(model: nn.Module, cfg: Optim, batch_size: int) -> torch.optim.Optimizer:
-    """The optimizer for `model`, its lr scaled to `batch_size` when optim.scale_lr is on."""
-    check(cfg)
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError("optim.name", OPTIMIZERS.unknown(cfg.name), "pick one of the known optimizers")
+    """The optimizer for `model`, its lr scaled to `batch_size` when optim.scale_lr is on
+    (its values checked by trainable.rules)."""
     return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg), cfg, scaled_lr(cfg, batch_size))
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import data, optim, schedules
+from . import data, optim, rules, schedules
 from .augment import Normalize, TrainBatches, eval_batches
 from .config import TrialConfig, non_defaults
 from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
@@ -28,34 +28,10 @@ Report = Callable[[int, Mapping[str, float]], None]
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of train.device (checked by trainable.rules): auto is CUDA where there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError("train.device", f"not a device: {name!r}", "use auto, cpu or cuda") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "CUDA is not available on this machine", "use auto or cpu")
-    return device
-
-
-def check(cfg: TrialConfig, device: torch.device) -> None:
-    """Combinations of options that cannot work, each refused with one line."""
-    tc = cfg.train
-    if tc.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision", "fp16 autocast with a grad scaler needs a CUDA device",
-                          "use bf16 on a CPU")
-    if tc.accumulate < 1 or tc.batch_size % tc.accumulate:
-        raise ConfigError("train.accumulate", f"must divide train.batch_size={tc.batch_size}, got {tc.accumulate}",
-                          "use a divisor of the batch size, e.g. 2 or 4")
-    micro = tc.batch_size // tc.accumulate
-    if tc.ghost_batch is not None and not 0 < tc.ghost_batch <= micro:
-        raise ConfigError("train.ghost_batch", f"{tc.ghost_batch} is not in 1..{micro} (the batch each forward "
-                          "pass sees)", "use a ghost batch no larger than batch_size / accumulate")
-    if tc.ema_decay is not None and not 0.0 < tc.ema_decay < 1.0:
-        raise ConfigError("train.ema_decay", f"must be in (0, 1), got {tc.ema_decay}", "use e.g. 0.999")
-    if tc.early_stop is not None and tc.early_stop < 1:
-        raise ConfigError("train.early_stop", f"must be at least 1 epoch, got {tc.early_stop}", "use e.g. 10")
+    return torch.device(name)
 
 
 @contextlib.contextmanager
@@ -163,8 +139,8 @@ class Training:
 
     def __init__(self, cfg: TrialConfig):
         self.cfg, tc = cfg, cfg.train
+        rules.check(cfg, rules.Context.here())
         self.device = device = resolve_device(tc.device)
-        check(cfg, device)
         if device.type == "cpu":
             keep_freed_memory()
         torch.manual_seed(tc.seed)
@@ -184,7 +160,7 @@ class Training:
         out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
         self.batches = TrainBatches(splits.train_x.to(device), splits.train_y.to(device), tc.batch_size,
                                     cfg.augment, self.normalize, self.gen, out_size)
-        if len(self.batches) == 0:
+        if len(self.batches) == 0:  # an image folder's size is only known once loaded (rules.batch_fits_data)
             raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
                               "training images", "lower train.batch_size or raise data.subset")
         self.val = (splits.val_x.to(device), splits.val_y.to(device))
@@ -304,7 +280,6 @@ class Training:
         self.sched.base_lrs = [g["initial_lr"] for g in self.opt.param_groups]
         for group, base, factor in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
             group["lr"] = base * factor(self.sched.last_epoch)
-        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])

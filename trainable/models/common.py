@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
 
 
 def conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -27,8 +26,6 @@ class DropPath(nn.Module):
 
 def drop_rates(p: float, n_blocks: int) -> list[float]:
     """The linear rule: block i of n drops with p * (i + 1) / n."""
-    if not 0.0 <= p < 1.0:
-        raise ConfigError("model.drop_path", f"must be in [0, 1), got {p}", "use e.g. 0.1")
     return [p * (i + 1) / n_blocks for i in range(n_blocks)]
 
 
@@ -62,15 +59,6 @@ def finish(model: nn.Module, opts) -> nn.Module:
     if getattr(opts, "zero_init_residual", False):
         zero_init_residual(model)
     return model
-
-
-def check_depth(name: str, depth: int, per_block: int, extra: int, min_n: int = 1) -> int:
-    """Blocks per stage from depth = per_block * n + extra, or a clear error."""
-    if depth < per_block * min_n + extra or (depth - extra) % per_block:
-        valid = ", ".join(str(per_block * n + extra) for n in range(min_n, min_n + 4))
-        raise ConfigError("model.depth", f"{name} needs depth {per_block}n+{extra}, got {depth}",
-                          f"use one of {valid}, ...")
-    return (depth - extra) // per_block
 
 
 RESIDUAL_DEFAULTS = dict(drop_path=0.0, zero_init_residual=False, init="kaiming_fan_out")

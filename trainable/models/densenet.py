@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import check_depth, conv, finish
+from . import Depth, family
+from .common import conv, finish
 
 
 def _dropout(p: float) -> nn.Module:
@@ -64,21 +63,7 @@ class Transition(nn.Module):
         return F.avg_pool2d(self.drop(self.conv(F.relu(self.bn(x)))), 2, ceil_mode=True)
 
 
-BLOCKS = {"basic": (BasicLayer, 3), "bottleneck": (BottleneckLayer, 6)}
-
-
-def _check(opts) -> None:
-    if opts.block not in BLOCKS:
-        raise ConfigError("model.block", f"densenet needs block basic or bottleneck, got {opts.block!r}",
-                          "use basic (DenseNet) or bottleneck (DenseNet-BC)")
-    if not (isinstance(opts.growth_rate, int) and opts.growth_rate >= 1):
-        raise ConfigError("model.growth_rate", f"must be a positive integer, got {opts.growth_rate}",
-                          "use e.g. 12, 24 or 40")
-    if not 0.0 < opts.compression <= 1.0:
-        raise ConfigError("model.compression", f"must be in (0, 1], got {opts.compression}",
-                          "use 1.0 (DenseNet) or 0.5 (DenseNet-BC)")
-    if not 0.0 <= opts.dropout < 1.0:
-        raise ConfigError("model.dropout", f"must be in [0, 1), got {opts.dropout}", "use e.g. 0.0 or 0.2")
+BLOCKS = {"basic": BasicLayer, "bottleneck": BottleneckLayer}
 
 
 class DenseNet(nn.Module):
@@ -86,10 +71,7 @@ class DenseNet(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        _check(opts)
-        layer, per_layer = BLOCKS[opts.block]
-        # depth counts the stem, the classifier and the two transition convs
-        n = check_depth(f"densenet {opts.block}", opts.depth, per_layer, 4)
+        layer, n = BLOCKS[opts.block], opts.blocks
         k = opts.growth_rate
         bc = opts.block == "bottleneck" and opts.compression < 1.0
         channels = 2 * k if bc else 16
@@ -113,7 +95,8 @@ class DenseNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@family("densenet", depth=100, block="bottleneck", growth_rate=12, compression=0.5, dropout=0.0,
+# depth counts the stem, the classifier and the two transition convs
+@family("densenet", depths=Depth({"basic": 3, "bottleneck": 6}, 4), depth=100, block="bottleneck", growth_rate=12, compression=0.5, dropout=0.0,
         init="kaiming_fan_out")
 def densenet(opts, num_classes, in_channels):
     """DenseNet / DenseNet-BC (Huang et al. 2017): basic 3n+4 or bottleneck 6n+4 layers."""

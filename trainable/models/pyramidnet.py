@@ -11,9 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, conv, drop_rates, finish
+from . import Depth, family
+from .common import RESIDUAL_DEFAULTS, DropPath, conv, drop_rates, finish
 
 
 class _Unit(nn.Module):
@@ -68,7 +67,7 @@ class Bottleneck(_Unit):
         return self.bn4(self.conv3(F.relu(self.bn3(y))))
 
 
-BLOCKS = {"basic": (Basic, 6), "bottleneck": (Bottleneck, 9)}
+BLOCKS = {"basic": Basic, "bottleneck": Bottleneck}
 
 
 class PyramidNet(nn.Module):
@@ -76,13 +75,7 @@ class PyramidNet(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        if opts.block not in BLOCKS:
-            raise ConfigError("model.block", f"pyramidnet needs block basic or bottleneck, got {opts.block!r}",
-                              "use basic (6n+2) or bottleneck (9n+2)")
-        if not opts.alpha >= 0:
-            raise ConfigError("model.alpha", f"must be >= 0, got {opts.alpha}", "use e.g. 48, 84, 200 or 270")
-        block, per_block = BLOCKS[opts.block]
-        n = check_depth(f"pyramidnet {opts.block}", opts.depth, per_block, 2)
+        block, n = BLOCKS[opts.block], opts.blocks
         total = 3 * n
         rates = drop_rates(opts.drop_path, total)
         self.stem = conv(in_channels, 16, 3)
@@ -105,7 +98,7 @@ class PyramidNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@family("pyramidnet", depth=110, block="basic", alpha=84, **RESIDUAL_DEFAULTS)
+@family("pyramidnet", depths=Depth({"basic": 6, "bottleneck": 9}, 2), depth=110, block="basic", alpha=84, **RESIDUAL_DEFAULTS)
 def pyramidnet(opts, num_classes, in_channels):
     """PyramidNet (Han et al. 2017): width grows linearly by alpha; basic 6n+2 or bottleneck 9n+2."""
     return PyramidNet(opts, num_classes, in_channels)

@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
+from . import Depth, family
+from .common import RESIDUAL_DEFAULTS, DropPath, classify, conv, finish, stages
 
 
 class _Block(nn.Module):
@@ -62,7 +61,7 @@ class Bottleneck(_Block):
         return self.bn3(self.conv3(x))
 
 
-BLOCKS = {"basic": (Basic, 6), "bottleneck": (Bottleneck, 9)}
+BLOCKS = {"basic": Basic, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -70,11 +69,7 @@ class ResNet(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        if opts.block not in BLOCKS:
-            raise ConfigError("model.block", f"resnet takes block basic or bottleneck, got {opts.block!r}",
-                              "use basic (depth 6n+2) or bottleneck (depth 9n+2)")
-        block, per_block = BLOCKS[opts.block]
-        n = check_depth(f"resnet {opts.block}", opts.depth, per_block, 2)
+        block, n = BLOCKS[opts.block], opts.blocks
         widths = [opts.base_channels * 2 ** i * block.expansion for i in range(3)]
         self.stem = nn.Sequential(conv(in_channels, opts.base_channels, 3), nn.BatchNorm2d(opts.base_channels),
                                   nn.ReLU(inplace=True))
@@ -87,7 +82,8 @@ class ResNet(nn.Module):
         return classify(self.stages(self.stem(x)), self.fc)
 
 
-@family("resnet", depth=110, block="basic", base_channels=16, **RESIDUAL_DEFAULTS)
+@family("resnet", depths=Depth({"basic": 6, "bottleneck": 9}, 2), depth=110, block="basic", base_channels=16,
+        **RESIDUAL_DEFAULTS)
 def resnet(opts, num_classes, in_channels):
     """Original post-activation CIFAR ResNet (He et al. 2015): basic 6n+2 or bottleneck 9n+2 layers."""
     return ResNet(opts, num_classes, in_channels)

@@ -6,9 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
+from . import Depth, family
+from .common import RESIDUAL_DEFAULTS, DropPath, classify, conv, finish, stages
 
 
 class SqueezeExcite(nn.Module):
@@ -74,19 +73,16 @@ class Bottleneck(_Unit):
         return self.conv3(F.relu(self.bn3(y)))
 
 
-BLOCKS = {"basic": (Basic, 6), "bottleneck": (Bottleneck, 9)}
+BLOCKS = {"basic": Basic, "bottleneck": Bottleneck}
+DEPTHS = Depth({"basic": 6, "bottleneck": 9}, 2)
 
 
 class ResNetPreact(nn.Module):
     """Pre-activation ResNet for 28x28 and 32x32 inputs (basic 6n+2, bottleneck 9n+2)."""
 
-    def __init__(self, opts, num_classes: int, in_channels: int, name: str = "resnet_preact"):
+    def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        block, per_block = BLOCKS[opts.block]
-        n = check_depth(f"{name} {opts.block}", opts.depth, per_block, 2)
-        if len(opts.preact_stage) != 3:
-            raise ConfigError("model.preact_stage", f"needs 3 values (one per stage), got {len(opts.preact_stage)}",
-                              "use e.g. [true, false, false]")
+        block, n = BLOCKS[opts.block], opts.blocks
         widths = [opts.base_channels * opts.widen * 2 ** i * block.expansion for i in range(3)]
         self.stem = conv(in_channels, opts.base_channels, 3)
         self.stages, cin = stages(widths, n, opts.base_channels, lambda stage, i, cin, cout, stride, drop: block(
@@ -103,13 +99,13 @@ PREACT_DEFAULTS = dict(depth=20, block="basic", base_channels=16, widen=1, remov
                        add_last_bn=False, preact_stage=(True, False, False), **RESIDUAL_DEFAULTS)
 
 
-@family("resnet_preact", **PREACT_DEFAULTS)
+@family("resnet_preact", depths=DEPTHS, **PREACT_DEFAULTS)
 def resnet_preact(opts, num_classes, in_channels):
     """Pre-activation ResNet (He et al. 2016): basic 6n+2 or bottleneck 9n+2 layers."""
     return ResNetPreact(opts, num_classes, in_channels)
 
 
-@family("se_resnet_preact", **PREACT_DEFAULTS, se_reduction=16)
+@family("se_resnet_preact", depths=DEPTHS, **PREACT_DEFAULTS, se_reduction=16)
 def se_resnet_preact(opts, num_classes, in_channels):
     """Pre-activation ResNet with squeeze-and-excitation in every block (Hu et al. 2018)."""
-    return ResNetPreact(opts, num_classes, in_channels, name="se_resnet_preact")
+    return ResNetPreact(opts, num_classes, in_channels)

@@ -6,9 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
+from . import Depth, family
+from .common import RESIDUAL_DEFAULTS, DropPath, classify, conv, finish, stages
 
 STEM_CHANNELS = 64
 STAGE_OUT = (256, 512, 1024)  # fixed by the paper; cardinality and base_width set the inner width only
@@ -42,12 +41,7 @@ class ResNeXt(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        n = check_depth("resnext", opts.depth, 9, 2)
-        for key in ("cardinality", "base_width"):
-            value = getattr(opts, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{key}", f"resnext needs a positive integer, got {value!r}",
-                                  "use e.g. cardinality 8, base_width 64 (ResNeXt-29 8x64d)")
+        n = opts.blocks
         self.stem = nn.Sequential(conv(in_channels, STEM_CHANNELS, 3), nn.BatchNorm2d(STEM_CHANNELS), nn.ReLU())
 
         def make(stage, i, cin, cout, stride, drop):
@@ -62,7 +56,7 @@ class ResNeXt(nn.Module):
         return classify(self.stages(self.stem(x)), self.fc)
 
 
-@family("resnext", depth=29, cardinality=8, base_width=64, **RESIDUAL_DEFAULTS)
+@family("resnext", depths=Depth(9, 2), depth=29, cardinality=8, base_width=64, **RESIDUAL_DEFAULTS)
 def resnext(opts, num_classes, in_channels):
     """ResNeXt (Xie et al. 2017): grouped-conv bottlenecks, depth 9n+2; default ResNeXt-29 8x64d."""
     return ResNeXt(opts, num_classes, in_channels)

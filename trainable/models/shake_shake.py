@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import family
-from .common import check_depth, conv, finish
+from . import Depth, family
+from .common import conv, finish
 
 STEM_CHANNELS = 16
 
@@ -88,11 +88,7 @@ class ShakeShake(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        n = check_depth("shake_shake", opts.depth, 6, 2)
-        width = opts.base_channels
-        if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
-            raise ConfigError("model.base_channels", f"shake_shake needs an even width >= 2, got {width!r}",
-                              "use 32, 64, 96 or 128 (the paper's 2x32d ... 2x128d)")
+        n, width = opts.blocks, opts.base_channels
         self.stem = nn.Sequential(conv(in_channels, STEM_CHANNELS, 3), nn.BatchNorm2d(STEM_CHANNELS))
         layers, cin = [], STEM_CHANNELS
         for stage in range(3):
@@ -110,7 +106,13 @@ class ShakeShake(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@family("shake_shake", depth=26, base_channels=32, shake_forward=True, shake_backward=True, shake_image=True,
+def _even_width(opts, shape) -> None:
+    if opts.base_channels < 2 or opts.base_channels % 2:
+        raise ConfigError("model.base_channels", f"shake_shake needs an even width >= 2, got {opts.base_channels}",
+                          "use 32, 64, 96 or 128 (the paper's 2x32d ... 2x128d)")
+
+
+@family("shake_shake", depths=Depth(6, 2), check=_even_width, depth=26, base_channels=32, shake_forward=True, shake_backward=True, shake_image=True,
         zero_init_residual=False, init="kaiming_fan_out")
 def shake_shake(opts, num_classes, in_channels):
     """Shake-Shake (Gastaldi 2017): two randomly mixed branches per block, depth 6n+2; default 26 2x32d S-S-I."""

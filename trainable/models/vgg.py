@@ -14,26 +14,18 @@ from . import family
 from .common import conv, finish
 
 
-def _check(opts) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    channels, layers = tuple(opts.stage_channels), tuple(opts.stage_layers)
+def _check(opts, shape) -> None:
+    channels, layers = opts.stage_channels, opts.stage_layers
     if not channels or len(channels) != len(layers):
         raise ConfigError("model.stage_layers",
                           f"vgg needs one layer count per stage: stage_channels has {len(channels)} "
                           f"entries, stage_layers has {len(layers)}",
                           "give both lists the same (non-zero) length, e.g. [64, 128, 256, 512] and [2, 2, 2, 2]")
-    if any(c < 1 for c in channels):
-        raise ConfigError("model.stage_channels", f"vgg needs positive channel counts, got {list(channels)}",
-                          "use e.g. [64, 128, 256, 512]")
-    if any(n < 1 for n in layers):
-        raise ConfigError("model.stage_layers", f"vgg needs at least 1 conv per stage, got {list(layers)}",
-                          "use e.g. [2, 2, 2, 2]")
-    if not 0.0 <= opts.dropout < 1.0:
-        raise ConfigError("model.dropout", f"must be in [0, 1), got {opts.dropout}", "use e.g. 0.0 or 0.5")
-    # Pools halve the map between stages: 28 -> 14 -> 7 -> 3 -> 1 still works, one more does not.
-    if len(channels) > 5:
-        raise ConfigError("model.stage_channels", f"vgg takes at most 5 stages on 28x28 input, got {len(channels)}",
-                          "use 1 to 5 stages")
-    return channels, layers
+    # A max-pool halves the map between stages (28 -> 14 -> 7 -> 3 -> 1): one stage more than halvings.
+    if shape is not None and shape[1] is not None and 2 ** (len(channels) - 1) > min(shape[1:]):
+        most = min(shape[1:]).bit_length()
+        raise ConfigError("model.stage_channels", f"vgg takes at most {most} stages on {shape[1]}x{shape[2]} input, "
+                          f"got {len(channels)}", f"use 1 to {most} stages")
 
 
 class VGG(nn.Module):
@@ -41,7 +33,7 @@ class VGG(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        channels, layers = _check(opts)
+        channels, layers = opts.stage_channels, opts.stage_layers
         body, cin = [], in_channels
         for stage, (cout, n) in enumerate(zip(channels, layers)):
             if stage > 0:
@@ -59,7 +51,7 @@ class VGG(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@family("vgg", stage_channels=(64, 128, 256, 512), stage_layers=(2, 2, 2, 2), dropout=0.0,
+@family("vgg", check=_check, stage_channels=(64, 128, 256, 512), stage_layers=(2, 2, 2, 2), dropout=0.0,
         init="kaiming_fan_out")
 def vgg(opts, num_classes, in_channels):
     """VGG-style plain CNN with batch norm: conv3x3-BN-ReLU stages, max-pool between them."""

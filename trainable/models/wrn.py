@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from . import family
-from .common import RESIDUAL_DEFAULTS, DropPath, check_depth, classify, conv, finish, stages
+from . import Depth, family
+from .common import RESIDUAL_DEFAULTS, DropPath, classify, conv, finish, stages
 
 
 class WideBasic(nn.Module):
@@ -43,11 +42,7 @@ class WideResNet(nn.Module):
 
     def __init__(self, opts, num_classes: int, in_channels: int):
         super().__init__()
-        n = check_depth("wrn", opts.depth, 6, 4)
-        if opts.widen < 1:
-            raise ConfigError("model.widen", f"wrn needs widen >= 1, got {opts.widen}", "use e.g. 4, 8 or 10")
-        if not 0.0 <= opts.dropout < 1.0:
-            raise ConfigError("model.dropout", f"must be in [0, 1), got {opts.dropout}", "the paper uses 0.3")
+        n = opts.blocks
         widths = [opts.base_channels * opts.widen * 2 ** i for i in range(3)]
         self.stem = conv(in_channels, opts.base_channels, 3)
         self.stages, cin = stages(widths, n, opts.base_channels, lambda stage, i, cin, cout, stride, drop: WideBasic(
@@ -60,7 +55,7 @@ class WideResNet(nn.Module):
         return classify(F.relu(self.bn(self.stages(self.stem(x)))), self.fc)
 
 
-@family("wrn", depth=28, widen=10, dropout=0.0, base_channels=16, **RESIDUAL_DEFAULTS)
+@family("wrn", depths=Depth(6, 4), depth=28, widen=10, dropout=0.0, base_channels=16, **RESIDUAL_DEFAULTS)
 def wrn(opts, num_classes, in_channels):
     """Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): pre-activation, depth 6n+4, widen k."""
     return WideResNet(opts, num_classes, in_channels)
