@@ -1,13 +1,14 @@
-"""The `sweep` command. Each subcommand is a thin layer over the packages."""
+"""The `sweep` command. Each subcommand is a thin layer over the packages.
+
+A user's mistake (any `trainable.errors.UserError`, the root of every layer's
+errors) is printed as one line with exit code 2; anything else is a bug and
+keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
-import yaml
-
-USER_ERRORS: tuple[type[BaseException], ...] = ()
 
 
 def _set_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -21,19 +22,28 @@ def _where(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args) -> int:
-    from search_spaces import describe, load_spec
-    print(describe(load_spec(args.spec, args.sets, args.preset)))
+    from search_spaces import describe
+    print(describe(_load(args)))
     return 0
 
 
-def _load(args):
+def _load(args, worker: bool = False):
+    """The spec, checked before anything is stored: every config it can produce, under every preset,
+    against the trial config's rules, then the engine's own refusals."""
+    import sweeps
     from search_spaces import load_spec
+    from trainable.rules import Context
     sets = list(args.sets)
-    if args.trials is not None:
+    if getattr(args, "trials", None) is not None:
         sets.append(f"budget.trials={args.trials}")
-    if args.engine:
+    if getattr(args, "engine", None):
         sets.append(f"engine={args.engine}")
-    return load_spec(args.spec, sets, args.preset)
+    address = getattr(args, "address", None)
+    # On a Ray cluster the trials run on machines this process cannot see: no device or file checks.
+    context = Context(device=None, local=False) if address else Context.here()
+    spec = load_spec(args.spec, sets, args.preset, context=context, every_preset=True)
+    sweeps.check(spec, workers=getattr(args, "workers", None), address=address, worker=worker)
+    return spec
 
 
 def _print_summary(spec, summary) -> None:
@@ -60,6 +70,10 @@ def cmd_run(args) -> int:
     if summary.interrupted:
         print("stopped; run the same command again to resume", file=sys.stderr)
         return 130
+    if summary.ran and summary.failed == summary.ran:
+        print(f"error: every trial of this run failed ({summary.failed} of {summary.ran}); fix: see the reasons "
+              "above (`sweep status` lists them), then run the same command again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -67,7 +81,7 @@ def cmd_worker(args) -> int:
     import sweeps
     from sweeps.record import worker_id
     from sweeps.workers import join
-    spec = _load(args)
+    spec = _load(args, worker=True)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
     print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {url}", flush=True)
     summary = join(spec, url, run_dir=args.dir, threads=args.threads)
@@ -104,11 +118,7 @@ def cmd_plot(args) -> int:
     from analysis import figures
     figures.KINDS.get(args.kind)  # an unknown kind fails before the sweep is read
     frame = analysis.load(args.sweep, args.storage, args.dir)
-    try:
-        fig = figures.plot(args.kind, frame, metric=args.metric, by=args.by)
-    except figures.FigureError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    fig = figures.plot(args.kind, frame, metric=args.metric, by=args.by)
     out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -132,20 +142,14 @@ def _workers(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; use e.g. 2, or auto") from None
 
 
-def _parse_sets(sets: list[str]) -> dict:
-    from trainable import ConfigError
-    out = {}
-    for item in sets:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(item, "an override is key=value", "write e.g. --set train.epochs=1")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+def _parse_sets(sets: list[str], example: str) -> dict:
+    from search_spaces import parse_override
+    return dict(parse_override(item, example) for item in sets)
 
 
 def cmd_train(args) -> int:
     from trainable import from_flat, train
-    cfg = from_flat(_parse_sets(args.sets))
+    cfg = from_flat(_parse_sets(args.sets, "train.epochs=1"))
 
     def report(epoch, metrics):
         if args.json:
@@ -174,7 +178,7 @@ def cmd_models(args) -> int:
     if not args.name:
         print(families_text())
         return 0
-    sets = {f"model.{k}": v for k, v in _parse_sets(args.sets).items()}
+    sets = {f"model.{k}": v for k, v in _parse_sets(args.sets, "depth=20").items()}
     cfg = from_flat({"model.name": args.name, **sets})
     params, macs = size(cfg.model, args.dataset)
     print(f"{args.name}: {params:,} parameters ({params / 1e6:.2f}M), "
@@ -183,13 +187,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis.report import ReportError, write
-    try:
-        out = write(args.sweep, args.out, args.storage, args.dir, top=args.top)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(out)
+    from analysis.report import write
+    print(write(args.sweep, args.out, args.storage, args.dir, top=args.top))
     return 0
 
 
@@ -218,12 +217,14 @@ def cmd_dashboard(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from analysis.figures import KINDS
+    from sweeps import ENGINES
     ap = argparse.ArgumentParser(prog="sweep", description="Random-search sweeps for PyTorch image classification.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a sweep (run it again to resume)")
     p.add_argument("spec")
-    p.add_argument("--engine", choices=["optuna", "ray"])
+    p.add_argument("--engine", choices=ENGINES.names(), help="overrides the spec's engine")
     _where(p)
     p.add_argument("--trials", type=int, help="trial budget (overrides budget.trials)")
     p.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
@@ -269,8 +270,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="one figure of the sweep as a standalone HTML file")
     p.add_argument("sweep", help="sweep name or spec file")
-    p.add_argument("--kind", required=True, help="linear_scaling, lr_batch, lars_vs_sgd, ablation, curves, "
-                   "epochs, lr, parallel, importance or history")
+    p.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS.names())}")
     p.add_argument("--out", help="file to write: .html (default: DIR/NAME-KIND.html), or .png/.svg/.pdf (needs kaleido)")
     p.add_argument("--by", help="column to group lines or bars by (e.g. variant, optim.name)")
     p.add_argument("--metric", help="metric to plot (default test_error; the objective's for history "
@@ -311,17 +311,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from analysis import SweepNotFound
-    from search_spaces import SpecError
-    from sweeps import SweepError
-    from trainable import TrialError
+    from trainable.errors import UserError
     try:
         return args.fn(args)
-    except (SpecError, TrialError, SweepError, SweepNotFound) as e:
-        print(f"error: {e.args[0] if isinstance(e, SweepNotFound) else e}", file=sys.stderr)
-        return 2
-    except KeyError as e:  # registries and --by name the choices in their message
-        print(f"error: {e.args[0]}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from sweeps import record
 from sweeps.storage import DEFAULT_DIR
+from trainable.errors import UserError
 
 from . import figures
 from .figures.base import objective, per_config, varied
@@ -47,7 +48,7 @@ pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; }}
 SECTION = '<section id="{id}">\n<h2>{title}</h2>\n{body}\n</section>'
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A sweep that cannot be reported (it has no trials yet); the message says what to do."""
 
 

@@ -87,18 +87,24 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
         for key, value in items.items():
             _apply(raw, str(key), value, where, f"preset {preset} ({source}:{lines.get(('presets', preset, key), '?')})")
     for item in overrides:
-        key, eq, text_value = item.partition("=")
-        if not eq or not key:
-            raise SpecError("--set", None, item, "an override is key=value", "write e.g. --set budget.trials=4")
-        try:
-            value = yaml.safe_load(text_value)
-        except yaml.YAMLError:
-            raise SpecError(f"--set {item}", None, key, f"cannot parse value {text_value!r}",
-                            "quote strings; use YAML syntax for lists") from None
-        _apply(raw, key.strip(), value, where, f"--set {item}")
+        key, value = parse_override(item)
+        _apply(raw, key, value, where, f"--set {item}")
     spec = _validate(raw, where)
     check_configs(spec, context)
     return spec
+
+
+def parse_override(item: str, example: str = "budget.trials=4") -> tuple[str, Any]:
+    """`--set KEY=VALUE` as (key, value), the value read as YAML; every `--set` of the CLI reads this."""
+    key, eq, text_value = item.partition("=")
+    if not eq or not key.strip():
+        raise SpecError("--set", None, item, "an override is key=value", f"write e.g. --set {example}")
+    try:
+        value = yaml.safe_load(text_value)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item}", None, key.strip(), f"cannot parse value {text_value!r}",
+                        "quote strings; use YAML syntax for lists") from None
+    return key.strip(), value
 
 
 def _lines(node, path: tuple = (), twice: list | None = None) -> dict[tuple, int]:

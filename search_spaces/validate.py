@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from trainable.config import TrialConfig, with_key
+from trainable.config import TrialConfig, leaf_keys, with_key
 from trainable.errors import ConfigError
 
 from .errors import SpecError
@@ -113,11 +113,15 @@ def _config(spec: SweepSpec, values: dict, derived: tuple[Param, ...], built: di
 
 
 def _located(spec: SweepSpec, e: ConfigError, values: dict, reads: Callable[[str], bool]) -> SpecError:
-    """The rule's error at the spec entry that gave the key its value (or, for a default, at an input
-    the spec varies), saying which of the spec's values broke it."""
+    """The rule's error at the spec entry that gave one of the values it read: the most specific one
+    (a space entry, then a variant, a preset or --set, the base), the error's own key first among
+    equals, a later space entry (one that depends on earlier ones) before an earlier; saying which
+    sampled values broke it."""
     given = {k: v for k, v in values.items() if k not in ("variant", e.key) and reads(k)}
-    where = [_origin(spec, e.key, values)] + [_origin(spec, k, values) for k in given]
-    path, key = next((w for w in where if w is not None), (("base", *e.key.split(".")), f"base.{e.key}"))
+    keys = [e.key] + [k for k in leaf_keys() if k != e.key and reads(k)]
+    found = [(rank, -i, path, key) for i, k in enumerate(keys) if (o := _origin(spec, k, values)) is not None
+             for path, key, rank in [o]]
+    _, _, path, key = max(found, default=((0,), 0, ("base", *e.key.split(".")), f"base.{e.key}"))
     shown = [f"{k}={v!r}" for k, v in given.items()]
     if values.get("variant") is not None and any(reads(k) for k in spec.variants.get(values["variant"], {})):
         shown.append(f"variant {values['variant']}")
@@ -125,21 +129,23 @@ def _located(spec: SweepSpec, e: ConfigError, values: dict, reads: Callable[[str
     return spec.error(path, message, e.fix, key=key)
 
 
-def _origin(spec: SweepSpec, key: str, values: dict) -> tuple[tuple, str] | None:
-    """(path in the spec, key as shown) of what set `key` in this combination, or None for a default."""
-    for p in spec.space:
+def _origin(spec: SweepSpec, key: str, values: dict) -> tuple[tuple, str, tuple] | None:
+    """(path in the spec, key as shown, how specific) of what set `key` in this combination, or None
+    for a default."""
+    for i, p in enumerate(spec.space):
         if p.key == key and (key in values or p.derived) and p.active(values):
-            return p.path or ("space", key), key
+            return p.path or ("space", key), key, (4, i)
+    lines = spec.where.lines if spec.where is not None else {}
+    overrides = spec.where.overrides if spec.where is not None else {}
     variant = values.get("variant")
     if variant is not None and key in spec.variants.get(variant, {}):
-        lines = spec.where.lines if spec.where is not None else {}
         nested = ("variants", variant, *key.split("."))
-        return (nested if nested in lines else ("variants", variant, key)), f"variants.{variant}.{key}"
+        return (nested if nested in lines else ("variants", variant, key)), f"variants.{variant}.{key}", (3,)
     base_path = ("base", *key.split("."))
-    overrides = spec.where.overrides if spec.where is not None else {}
-    lines = spec.where.lines if spec.where is not None else {}
-    if any(base_path[:i] in overrides for i in range(len(base_path) + 1)) or base_path in lines or \
-            ("base", key) in lines:
-        return (base_path if base_path in lines or base_path in overrides else ("base", key)), f"base.{key}"
+    if any(base_path[:i] in overrides for i in range(1, len(base_path) + 1)):
+        return base_path, f"base.{key}", (2,)
+    for path in (base_path, ("base", key)):
+        if path in lines:
+            return path, f"base.{key}", (1,)
     return None
 
