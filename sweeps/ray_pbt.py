@@ -23,7 +23,6 @@ from search_spaces import SweepSpec
 from search_spaces.dists import LogUniform, Uniform
 
 from . import sampling
-from .base import SweepError
 
 DOMAINS = {LogUniform: tune.loguniform, Uniform: tune.uniform}
 
@@ -62,12 +61,6 @@ def scheduler(spec: SweepSpec) -> PopulationBasedTraining:
     p = spec.pruner
     check(spec)
     mutations = perturbed(spec)
-    if not 0 < p.quantile <= 0.5:
-        raise SweepError(f"pruner.quantile: must be in (0, 0.5], got {p.quantile}; fix: use e.g. 0.25")
-    if not 0 <= p.resample <= 1:
-        raise SweepError(f"pruner.resample: must be in [0, 1], got {p.resample}; fix: use e.g. 0.25")
-    if p.interval_epochs < 1:
-        raise SweepError(f"pruner.interval_epochs: must be at least 1, got {p.interval_epochs}; fix: use e.g. 2")
     return PopulationBasedTraining(
         time_attr="epoch", metric=spec.objective.metric, mode=spec.objective.mode,
         perturbation_interval=p.interval_epochs, burn_in_period=p.warmup_epochs,

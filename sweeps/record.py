@@ -1,6 +1,6 @@
 """The stored record of a sweep: what every engine writes into the Optuna study and analysis reads.
 
-This module is the record's one home (STYLE.md section 10): each user attr,
+This module is the record's one home: each user attr,
 study attr and run-row key is named here once, with the small rules that
 build or read them (a curve's merge, the row of a complete or partial run,
 the text of a bug, which trials count against the budget). Torch-free and

@@ -19,8 +19,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from trainable import TrialConfig, to_dict
-from trainable.config import flatten
+from trainable.config import non_defaults
 
 from . import compat, record
 from .base import RunSummary, SweepError
@@ -94,18 +93,15 @@ def _cannot_open(url: str, e: Exception) -> SweepError:
 def fingerprint(spec: SweepSpec) -> str:
     """What makes two runs the same sweep: base config, space, seeds and objective.
 
-    The base counts by the keys that differ from the trial config's defaults, so
-    a release that adds a config key (at a default that changes nothing) still
-    resumes the sweeps made before it.
+    The base counts by the keys that differ from the trial config's defaults (as a
+    checkpoint's identity does: `non_defaults`), so a release that adds a config key
+    (at a default that changes nothing) still resumes the sweeps made before it, and
+    their trials in flight resume from their checkpoints.
     """
     raw = spec.raw
     key = {k: raw.get(k) for k in ("base", "variants", "space", "seeds", "objective")}
-    defaults = flatten(to_dict(TrialConfig()))
-    key["base"] = {k: v for k, v in flatten(to_dict(spec.base)).items() if defaults.get(k, _ABSENT) != v}
+    key["base"] = non_defaults(spec.base)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-_ABSENT = object()
 
 
 def open_study(spec: SweepSpec, url: str, engine: str, worker: bool = False) -> tuple[optuna.Study, bool]:

@@ -14,6 +14,7 @@ from search_spaces import load_spec
 from sweeps.isolated import run as run_trial
 from sweeps.isolated import wanted
 from trainable import TrialError
+from trainable.rules import Context
 
 
 def grid_sweep(write_spec, tmp_path, isolate: str):
@@ -63,5 +64,6 @@ def test_a_trial_whose_process_dies_fails_with_that_reason(write_spec):
 def test_which_trials_get_a_process_of_their_own(write_spec, resources, device, isolate):
     base = tiny_spec()["base"]
     base["train"]["device"] = device
-    spec = load_spec(write_spec(tiny_spec(resources=resources, base=base)))
+    # as on a machine with a GPU, where the trials could run
+    spec = load_spec(write_spec(tiny_spec(resources=resources, base=base)), context=Context(device="cuda"))
     assert wanted(spec, {}) is isolate

@@ -200,3 +200,17 @@ def test_sweep_run_refuses_before_anything_is_stored(tmp_path, entry):
     assert out.returncode == 2 and out.stderr.startswith(f"error: {spec}:6 "), out.stderr
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert not (tmp_path / "runs" / "t.db").exists() and "results in" not in out.stdout
+
+
+def test_sweep_run_exits_non_zero_when_every_trial_failed(tmp_path):
+    # Validation tries the ends of the range, where the derive holds; nearly every value inside fails.
+    spec = tmp_path / "s.yaml"
+    spec.write_text(HEAD + "space:\n  optim.momentum: {uniform: [0.0005, 0.9]}\n"
+                    '  optim.lr: {derive: "0.1 * sqrt((optim.momentum - 0.001) * (optim.momentum - 0.899))"}\n')
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(spec), "--dir", str(tmp_path / "runs"), "--quiet",
+           "--workers", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "error: every trial of this run failed (2 of 2)" in out.stderr and "Traceback" not in out.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # nothing left to run: not a failure
+    assert again.returncode == 0, again.stderr

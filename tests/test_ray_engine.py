@@ -161,7 +161,7 @@ def test_pbt_is_refused_where_it_cannot_run(write_spec, tmp_path):
         run(write_spec, tmp_path, tiny_spec(pruner=pbt), engine="optuna")
     with pytest.raises(SpecError, match="this space has none"):
         run(write_spec, tmp_path, tiny_spec(pruner=pbt, space={"train.batch_size": {"choice": [32, 64]}}))
-    with pytest.raises(sweeps.SweepError, match="pruner.quantile"):
+    with pytest.raises(SpecError, match=r"ray.yaml:\d+ pruner.quantile: must be in \(0, 0.5\]"):
         run(write_spec, tmp_path, tiny_spec(pruner={**pbt, "quantile": 0.7}))
     assert not list(tmp_path.glob("*/*.db"))  # refused before anything was stored
 

@@ -94,17 +94,20 @@ def test_a_changed_space_on_the_same_storage_is_refused(write_spec, tmp_path):
 
 def test_a_release_that_adds_a_config_key_still_resumes_the_sweep(write_spec, tmp_path, monkeypatch):
     from sweeps import study
+    from trainable import config
     path = write_spec(tiny_spec(budget={"trials": 1}))
     spec, _, _ = run(path, tmp_path)
     before = study.fingerprint(spec)
-    real = study.to_dict
+    real = config.to_dict
 
     def with_a_new_key(cfg):  # every config now has one more key, at a default that changes nothing
         tree = real(cfg)
-        tree["train"]["new_option"] = 0
+        if isinstance(cfg, config.TrialConfig):
+            tree["train"]["new_option"] = 0
         return tree
 
-    monkeypatch.setattr(study, "to_dict", with_a_new_key)
+    # The fingerprint and a checkpoint's identity both count a config by config.non_defaults.
+    monkeypatch.setattr(config, "to_dict", with_a_new_key)
     assert study.fingerprint(spec) == before
     _, _, more = run(path, tmp_path, sets=["budget.trials=2"])
     assert more.finished == 2

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_BASE
 from trainable import ConfigError, from_flat, train, with_key
-from trainable.config import Augment, Train, flatten
+from trainable.config import Augment, Train, TrialConfig, flatten, get_key
 from trainable.ghost_bn import GhostBatchNorm2d, apply_ghost_bn
 from trainable.model_io import load_model
 from trainable.objective import Objective
@@ -148,6 +148,18 @@ def test_a_checkpoint_of_another_config_at_the_path_is_not_resumed(tmp_path):
     epochs.clear()
     train(with_key(other, "train.threads", 1), lambda epoch, m: epochs.append(epoch), checkpoint)
     assert epochs == []
+
+
+def test_a_checkpoint_records_only_the_keys_changed_from_the_defaults(tmp_path):
+    # As a sweep's fingerprint counts its base: a release that adds a key at its default changes no
+    # checkpoint's identity, so the trials in flight of a resumed sweep resume from their epochs.
+    checkpoint = tmp_path / "seed0.pt"
+    cfg = tiny(**{"train.epochs": 1, "optim.lr": 0.3})
+    train(cfg, checkpoint=checkpoint)
+    changed = {k: v for k, v in flatten(TINY_BASE).items() if k != "train.threads"}
+    changed.update({"train.epochs": 1, "optim.lr": 0.3})
+    saved = torch.load(checkpoint, weights_only=True)["config"]
+    assert saved == {k: v for k, v in changed.items() if v != get_key(TrialConfig(), k)}
 
 
 def test_a_checkpoint_resumed_under_another_lr_keeps_its_weights_and_takes_the_new_hyperparameters(tmp_path):

@@ -30,7 +30,7 @@ def random_crop(padded: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], 
 
     unfold views every crop window of every image without copying, so the
     crop is one index over (image, offset y, offset x) that copies whole
-    rows, five times faster on CPU than indexing each pixel.
+    rows instead of indexing each pixel (BENCHMARKS.md has the speed-up).
     """
     b, dev = len(idx), padded.device
     h, w = size

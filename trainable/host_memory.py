@@ -4,12 +4,8 @@ glibc gives large freed blocks back to the kernel (mmap above a threshold,
 trimming the heap top), so a training step can allocate its activations in
 pages the kernel must fault in and zero again. glibc raises both thresholds
 as it frees large blocks, so whether steps keep faulting depends on the
-trial's allocation history: on 2,048 images at batch 128, ResNet-preact-8
-faulted 3,200-5,500 pages per step (6-11 ms in the kernel) and trained
-1.22-1.27x faster with them kept, ResNet-preact-20 7,000 and 1.05-1.20x; on
-6,400 images ResNet-preact-20 settled without faults either way
-(`benchmarks/host_memory.py`, BENCHMARKS.md).
-Raising both thresholds once per process makes every trial reuse its freed
+trial's allocation history (`benchmarks/host_memory.py` measures it; the
+figures are in BENCHMARKS.md). Raising both thresholds once per process makes every trial reuse its freed
 blocks from the first step; the cost is that the process keeps its peak heap,
 which the next step or trial reuses anyway.
 """
