@@ -113,15 +113,13 @@ def _config(spec: SweepSpec, values: dict, derived: tuple[Param, ...], built: di
 
 
 def _located(spec: SweepSpec, e: ConfigError, values: dict, reads: Callable[[str], bool]) -> SpecError:
-    """The rule's error at the spec entry that gave one of the values it read: the most specific one
-    (a space entry, then a variant, a preset or --set, the base), the error's own key first among
-    equals, a later space entry (one that depends on earlier ones) before an earlier; saying which
-    sampled values broke it."""
+    """The rule's error at the spec entry that gave the key it names; where that key keeps its default,
+    at the most specific entry that gave another key the rule read (a space entry, the later first,
+    then a variant, a preset or --set, the base). The message says which sampled values broke it."""
     given = {k: v for k, v in values.items() if k not in ("variant", e.key) and reads(k)}
-    keys = [e.key] + [k for k in leaf_keys() if k != e.key and reads(k)]
-    found = [(rank, -i, path, key) for i, k in enumerate(keys) if (o := _origin(spec, k, values)) is not None
-             for path, key, rank in [o]]
-    _, _, path, key = max(found, default=((0,), 0, ("base", *e.key.split(".")), f"base.{e.key}"))
+    own = _origin(spec, e.key, values)
+    others = [o for k in leaf_keys() if k != e.key and reads(k) if (o := _origin(spec, k, values)) is not None]
+    path, key, _ = own or max(others, key=lambda o: o[2], default=(("base", *e.key.split(".")), f"base.{e.key}", ()))
     shown = [f"{k}={v!r}" for k, v in given.items()]
     if values.get("variant") is not None and any(reads(k) for k in spec.variants.get(values["variant"], {})):
         shown.append(f"variant {values['variant']}")
