@@ -32,7 +32,7 @@ def _load(args, worker: bool = False):
     against the trial config's rules, then the engine's own refusals."""
     import sweeps
     from search_spaces import load_spec
-    from trainable.rules import Context
+    from trainable.context import Context
     sets = list(args.sets)
     if getattr(args, "trials", None) is not None:
         sets.append(f"budget.trials={args.trials}")
@@ -40,7 +40,7 @@ def _load(args, worker: bool = False):
         sets.append(f"engine={args.engine}")
     address = getattr(args, "address", None)
     # On a Ray cluster the trials run on machines this process cannot see: no device or file checks.
-    context = Context(device=None, local=False) if address else Context.here()
+    context = Context(device=None, local=False) if address else None  # None: this machine's, once needed
     spec = load_spec(args.spec, sets, args.preset, context=context, every_preset=True)
     sweeps.check(spec, workers=getattr(args, "workers", None), address=address, worker=worker)
     return spec
@@ -56,9 +56,10 @@ def _print_summary(spec, summary) -> None:
 def cmd_run(args) -> int:
     import analysis
     import sweeps
+    from sweeps.storage import shown
     spec = _load(args)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
-    print(f"sweep {spec.name!r} on {spec.engine}: results in {url}", flush=True)
+    print(f"sweep {spec.name!r} on {spec.engine}: results in {shown(url)}", flush=True)
     summary = sweeps.run(spec, url, quiet=args.quiet, workers=args.workers, address=args.address,
                          run_dir=args.dir)
     frame = analysis.load(spec, url)
@@ -80,10 +81,11 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     import sweeps
     from sweeps.record import worker_id
+    from sweeps.storage import shown
     from sweeps.workers import join
     spec = _load(args, worker=True)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
-    print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {url}", flush=True)
+    print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {shown(url)}", flush=True)
     summary = join(spec, url, run_dir=args.dir, threads=args.threads)
     _print_summary(spec, summary)
     if summary.interrupted:
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + str(e).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever it quotes
         return 2
 
 

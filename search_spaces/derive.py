@@ -32,19 +32,32 @@ class ExprError(ValueError):
         super().__init__(f"{message}; fix: {fix}")
 
 
-def _pow(a, b):
-    # On floats, so that a huge power overflows at once (an int power would compute for ever).
-    return float(a) ** b
+# Bounds on what an expression may be and compute, so that every one is refused when parsed or
+# ends in microseconds: its text, its size and nesting (a deep tree would exhaust the stack), and
+# its values, which are floats throughout (an int can grow without bound and an int power or a
+# round() to -10**12 digits computes for ever; a float overflows at once).
+MAX_CHARS, MAX_NODES, MAX_DEPTH = 500, 64, 24
+MAX_DIGITS = 15  # round(x, n): |n| up to a double's precision
+
+
+def _int(x: float) -> float:
+    return float(math.trunc(x))
+
+
+def _round(x: float, digits: float = 0.0) -> float:
+    if digits != int(digits) or abs(digits) > MAX_DIGITS:
+        raise ValueError(f"round() takes a whole number of digits within ±{MAX_DIGITS}, got {digits:g}")
+    return float(round(x, int(digits)))
 
 
 BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _pow,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
 }
 UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 # name -> (function, fewest arguments, most arguments)
 FUNCTIONS: dict[str, tuple[Callable, int, int]] = {
-    "min": (min, 2, 8), "max": (max, 2, 8), "abs": (abs, 1, 1), "round": (round, 1, 2), "int": (int, 1, 1),
+    "min": (min, 2, 8), "max": (max, 2, 8), "abs": (abs, 1, 1), "round": (_round, 1, 2), "int": (_int, 1, 1),
     "sqrt": (math.sqrt, 1, 1), "log": (math.log, 1, 2), "log2": (math.log2, 1, 1), "exp": (math.exp, 1, 1),
 }
 
@@ -59,7 +72,7 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _name(node, names: list[str]) -> Evaluate:
+def _name(node, names: list[str], depth: int = 0) -> Evaluate:
     key = _dotted(node)
     if key is None:
         raise ExprError(f"cannot read {ast.unparse(node)!r}", "name a trial-config key such as train.batch_size")
@@ -69,33 +82,39 @@ def _name(node, names: list[str]) -> Evaluate:
     if not _is(keys[key][0], int, float):
         raise ExprError(f"names {key!r}, which is not a number", "use numeric keys only")
     names.append(key)
-    return lambda lookup: lookup(key)
+    return lambda lookup: float(lookup(key))
 
 
-def _constant(node, names) -> Evaluate:
+def _constant(node, names, depth: int = 0) -> Evaluate:
     value = node.value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ExprError(f"{value!r} is not a number", "use numbers and trial-config keys only")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ExprError("a number in the expression is too large", "use numbers below 1e308") from None
+    if not math.isfinite(value):
+        raise ExprError(f"{node.value!r} is not a finite number", "use numbers below 1e308")
     return lambda lookup: value
 
 
-def _binary(node, names) -> Evaluate:
+def _binary(node, names, depth: int = 0) -> Evaluate:
     op = BINARY.get(type(node.op))
     if op is None:
         raise ExprError(f"operator {type(node.op).__name__} is not allowed", "use + - * / // % **")
-    left, right = _compile(node.left, names), _compile(node.right, names)
+    left, right = _compile(node.left, names, depth), _compile(node.right, names, depth)
     return lambda lookup: op(left(lookup), right(lookup))
 
 
-def _unary(node, names) -> Evaluate:
+def _unary(node, names, depth: int = 0) -> Evaluate:
     op = UNARY.get(type(node.op))
     if op is None:
         raise ExprError(f"operator {type(node.op).__name__} is not allowed", "use a leading - or +")
-    inner = _compile(node.operand, names)
+    inner = _compile(node.operand, names, depth)
     return lambda lookup: op(inner(lookup))
 
 
-def _call(node, names) -> Evaluate:
+def _call(node, names, depth: int = 0) -> Evaluate:
     name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
     if name not in FUNCTIONS:
         raise ExprError(f"unknown function {name!r}", _choices(name, FUNCTIONS))
@@ -104,7 +123,7 @@ def _call(node, names) -> Evaluate:
         count = (str(low) if low == high else f"{low} to {high}") + (" argument" if high == 1 else " arguments")
         raise ExprError(f"{name}() takes {count}, got {ast.unparse(node)!r}",
                         f"call {name} with {count} plain arguments")
-    args = [_compile(a, names) for a in node.args]
+    args = [_compile(a, names, depth) for a in node.args]
     return lambda lookup: fn(*(a(lookup) for a in args))
 
 
@@ -113,30 +132,37 @@ def _choices(name: str, known) -> str:
     return f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}"
 
 
-NODES: dict[type, Callable[[Any, list], Evaluate]] = {
+NODES: dict[type, Callable[[Any, list, int], Evaluate]] = {
     ast.Constant: _constant, ast.Name: _name, ast.Attribute: _name, ast.BinOp: _binary,
     ast.UnaryOp: _unary, ast.Call: _call,
 }
 
 
-def _compile(node: ast.AST, names: list[str]) -> Evaluate:
+def _compile(node: ast.AST, names: list[str], depth: int = 0) -> Evaluate:
+    if depth > MAX_DEPTH:
+        raise ExprError(f"the expression nests deeper than {MAX_DEPTH} levels", "write a shorter expression")
     handler = NODES.get(type(node))
     if handler is None:
         raise ExprError(f"{ast.unparse(node)!r} is not allowed in a derive",
                         "use numbers, dotted keys, + - * / // % **, parentheses and "
                         + ", ".join(FUNCTIONS))
-    return handler(node, names)
+    return handler(node, names, depth + 1)
 
 
 @functools.lru_cache(maxsize=256)
 def compile_expr(text: str) -> tuple[Evaluate, tuple[str, ...]]:
     """The expression as a function of a key lookup, and the keys it names (in order, once each)."""
+    if len(text) > MAX_CHARS:
+        raise ExprError(f"the expression is {len(text)} characters long, more than {MAX_CHARS}",
+                        "write a shorter expression")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        at = f" at column {e.offset}" if e.offset else ""
-        raise ExprError(f"not a valid expression: {e.msg}{at} of {text!r}",
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        at = f" at column {e.offset}" if getattr(e, "offset", None) else ""
+        raise ExprError(f"not a valid expression: {getattr(e, 'msg', type(e).__name__)}{at} of {text[:80]!r}",
                         'write arithmetic such as "0.1 * train.batch_size / 128"') from None
+    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+        raise ExprError(f"the expression has more than {MAX_NODES} parts", "write a shorter expression")
     names: list[str] = []
     return _compile(tree.body, names), tuple(dict.fromkeys(names))
 

@@ -19,10 +19,14 @@ class Where:
 
     def error(self, path: tuple, message: str, fix: str = "", key: str | None = None) -> SpecError:
         key = key or ".".join(map(str, path)) or "(top level)"
-        # An override at any enclosing level replaced what the file said there.
+        # An override at any enclosing level replaced what the file said there; one below the path
+        # (an unknown key set by --set) is what made it.
         for i in range(len(path), -1, -1):
             if path[:i] in self.overrides:
                 return SpecError(self.overrides[path[:i]], None, key, message, fix)
+        below = [origin for where, origin in self.overrides.items() if path and where[:len(path)] == path]
+        if below:
+            return SpecError(below[0], None, key, message, fix)
         for i in range(len(path), -1, -1):  # else the nearest enclosing node's line
             if path[:i] in self.lines:
                 return SpecError(self.source, self.lines[path[:i]], key, message, fix)

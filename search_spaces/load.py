@@ -15,13 +15,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainable.config import TrialConfig, coerce, field_problem, leaf_keys, unknown_key, with_key
 from trainable.errors import ConfigError
 
 from .dists import DISTRIBUTIONS, EXTRA_KEYS, Fixed, Grid, possible_values
+from . import read
 from .errors import SpecError, Where
+from .read import text_of
 from .reference import parse_reference
 from .spec import Budget, Objective, Param, Pruner, Resources, Sampler, SweepSpec
 from .validate import check_configs
@@ -29,7 +29,7 @@ from .validate import check_configs
 BLOCKS = {"objective": Objective, "budget": Budget, "sampler": Sampler, "pruner": Pruner,
           "resources": Resources}
 TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "variants", "space", "presets", "reference")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # it names files: no path, no newline, short
 
 
 def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None, context=None,
@@ -41,7 +41,8 @@ def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = 
     """
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            text = text_of(f.read(read.MAX_BYTES + 1), source)
     except OSError as e:
         raise SpecError(source, None, "(file)", f"cannot read the spec: {e.strerror}",
                         "check the path; shipped specs are in spaces/") from None
@@ -55,14 +56,7 @@ def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
                preset: str | None = None, context=None) -> SweepSpec:
-    twice: list[tuple] = []
-    try:
-        raw = yaml.safe_load(text)
-        lines = _lines(yaml.compose(text), (), twice) if raw is not None else {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(source, mark.line + 1 if mark else None, "(yaml)",
-                        f"not valid YAML: {getattr(e, 'problem', e)}", "fix the YAML syntax at that line") from None
+    raw, lines, twice = read.read(text, source)
     where = Where(source, lines)
     if not isinstance(raw, dict):
         raise where.error((), f"a spec is a mapping of keys, got {type(raw).__name__}",
@@ -88,7 +82,7 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (),
             _apply(raw, str(key), value, where, f"preset {preset} ({source}:{lines.get(('presets', preset, key), '?')})")
     for item in overrides:
         key, value = parse_override(item)
-        _apply(raw, key, value, where, f"--set {item}")
+        _apply(raw, key, value, where, f"--set {_shown(item)}")
     spec = _validate(raw, where)
     check_configs(spec, context)
     return spec
@@ -98,29 +92,19 @@ def parse_override(item: str, example: str = "budget.trials=4") -> tuple[str, An
     """`--set KEY=VALUE` as (key, value), the value read as YAML; every `--set` of the CLI reads this."""
     key, eq, text_value = item.partition("=")
     if not eq or not key.strip():
-        raise SpecError("--set", None, item, "an override is key=value", f"write e.g. --set {example}")
+        raise SpecError("--set", None, _shown(item), "an override is key=value", f"write e.g. --set {example}")
     try:
-        value = yaml.safe_load(text_value)
-    except yaml.YAMLError:
-        raise SpecError(f"--set {item}", None, key.strip(), f"cannot parse value {text_value!r}",
+        value, _, _ = read.read(text_value, "--set")
+    except SpecError as e:
+        raise SpecError(f"--set {_shown(item)}", None, _shown(key.strip()), f"cannot parse the value: {e.message}",
                         "quote strings; use YAML syntax for lists") from None
     return key.strip(), value
 
 
-def _lines(node, path: tuple = (), twice: list | None = None) -> dict[tuple, int]:
-    """Each path's line; keys given twice in one mapping go to `twice` as (path, line)."""
-    out = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            sub = path + (k.value,)
-            if sub in out and twice is not None:
-                twice.append((sub, k.start_mark.line + 1))
-            out.update(_lines(v, sub, twice))
-            out[sub] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out.update(_lines(v, path + (i,), twice))
-    return out
+def _shown(text: str, limit: int = 100) -> str:
+    """User text as an error quotes it: one line, not too long."""
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _override_path(key: str) -> tuple:
@@ -151,8 +135,9 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         if key not in TOP_KEYS:
             raise _unknown(where, (key,), str(key), TOP_KEYS)
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise where.error(("name",), f"needs a name of letters, digits, '_', '-' or '.', got {name!r}",
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise where.error(("name",), f"needs a name of at most 100 letters, digits, '_', '-' or '.' (starting "
+                          f"with a letter or digit), got {_shown(repr(name))}",
                           "add e.g. `name: my_sweep` (it names the study and its storage file)", key="name")
     engine = raw.get("engine", "optuna")
     if not isinstance(engine, str):

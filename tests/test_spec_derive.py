@@ -231,3 +231,25 @@ def test_cli_validate_prints_derived_keys_and_errors_in_one_line(tmp_path):
     err = subprocess.run(cmd + [str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert err.returncode == 2 and "Traceback" not in err.stderr
     assert err.stderr.startswith(f"error: {bad}:5 optim.lr: not a valid expression"), err.stderr
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("round(train.batch_size, -int(1e12)) + 0.1", "round() takes a whole number of digits"),
+    ("int(1e308) * int(1e308)", "not a finite number"),
+    (" + ".join(["train.batch_size"] * 500), "characters long"),
+    ("-" * 5000 + "train.batch_size", "characters long"),
+    ("-" * 25 + "1", "nests deeper than"),
+    (" + ".join(["1"] * 40), "more than 64 parts"),
+    ("1" * 400, "too large"),
+])
+def test_an_expression_that_would_hang_or_crash_is_refused_when_the_spec_is_checked(expr, message):
+    """Bounded text, size, depth and values: each ends in a SpecError at its line, never a hang or a traceback."""
+    with pytest.raises(SpecError) as e:
+        parse_spec(HEAD + f"  train.batch_size: {{choice: [64, 128]}}\n  optim.lr: {{derive: \"{expr}\"}}\n", SRC)
+    assert str(e.value).startswith(f"{SRC}:5 optim.lr: ") and message in str(e.value), str(e.value)[:300]
+
+
+def test_a_bounded_expression_through_set_is_refused_in_one_line():
+    text = HEAD + "  train.batch_size: {choice: [64, 128]}\n"
+    with pytest.raises(SpecError, match="characters long"):
+        parse_spec(text, SRC, ['space.optim.lr={derive: "' + "-" * 5000 + '1"}'])

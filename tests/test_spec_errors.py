@@ -583,3 +583,45 @@ def test_override_of_a_mapping_is_blamed_on_the_override():
     text = HEAD + "base:\n  train:\n    epochs: 5\n"
     msg = str(_error(text, ["base.train={epochs: abc}"]))
     assert msg.startswith("--set base.train={epochs: abc} base.train.epochs: "), msg
+
+
+# ---- input that must stay bounded -------------------------------------------
+
+ALIAS_BOMB = "name: t\nbudget: {trials: 1}\nbase:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+    f"*a{i - 1}, *a{i - 1}]\n" for i in range(1, 9))
+
+
+def test_an_alias_bomb_is_refused_without_expanding_it():
+    assert len(ALIAS_BOMB) < 1000  # stands for 10**9 entries
+    e = _error(ALIAS_BOMB)
+    assert e.key == "(yaml)" and "more than 20,000 entries once its aliases are expanded" in str(e)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("name: t\nbudget: {trials: 1}\nbase: " + "[" * 5000 + "]" * 5000 + "\n", "nest deeper than 64"),
+    ("name: t\nbudget: {trials: 1}\nbase:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(60)),
+     "nests deeper than 32"),
+    ("name: t\n" + "x" * (300 * 1024), "more than 262,144"),
+    ('name: "abc\\n"\nbudget: {trials: 1}\n', "got 'abc\\n'"),
+    ("name: " + "a" * 250 + "\nbudget: {trials: 1}\n", "at most 100"),
+])
+def test_unbounded_or_unsafe_input_is_one_spec_error(text, fragment):
+    assert fragment in str(_error(text))
+
+
+def test_a_spec_file_that_is_not_utf8_is_one_spec_error(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"name: t\nbudget: {trials: 1}\nbase: {train: {epochs: \xff}}\n")
+    with pytest.raises(SpecError, match=r"not UTF-8 text: byte 51.*fix: save the spec as UTF-8"):
+        load_spec(path)
+
+
+def test_an_unknown_key_given_by_set_is_reported_at_the_set():
+    e = _error(HEAD, ["unknown.key=1"])
+    assert str(e).startswith("--set unknown.key=1 unknown: unknown key"), str(e)
+
+
+def test_a_long_set_value_is_quoted_short():
+    e = _error(HEAD, ["base.train.epochs=" + "[" * 3000])
+    assert str(e).startswith("--set base.train.epochs=[[[") and len(str(e)) < 400, str(e)

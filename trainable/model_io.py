@@ -23,12 +23,30 @@ def save_model(path: str | Path, model: nn.Module, model_config: Model, num_clas
                 "state_dict": state}, path)
 
 
-def load_model(path: str | Path, device: torch.device, key: str = "train.teacher") -> nn.Module:
-    """The saved model in eval mode on `device`, its parameters frozen."""
+SAVED_KEYS = ("model", "num_classes", "in_channels", "state_dict")
+
+
+def read_model_file(path: str | Path, key: str = "train.teacher") -> dict:
+    """A file written by save_model, loaded as tensors and plain values; a ConfigError naming `key`
+    for a missing file or any other file (no pickled code runs either way)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(key, f"no model file {str(path)!r}", "train one with --set train.save_model=PATH first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not its own (or was tampered with)
+        raise ConfigError(key, f"{str(path)!r} is not a model file saved by train.save_model "
+                          f"({type(e).__name__})", "point it at a file written with --set train.save_model=PATH") \
+            from None
+    if not isinstance(saved, dict) or any(k not in saved for k in SAVED_KEYS):
+        raise ConfigError(key, f"{str(path)!r} is not a model file saved by train.save_model",
+                          "point it at a file written with --set train.save_model=PATH")
+    return saved
+
+
+def load_model(path: str | Path, device: torch.device, key: str = "train.teacher") -> nn.Module:
+    """The saved model in eval mode on `device`, its parameters frozen."""
+    saved = read_model_file(path, key)
     model_config = from_flat({f"model.{k}": v for k, v in flatten(saved["model"]).items()}).model
     model = build_model(model_config, saved["num_classes"], saved["in_channels"])
     model.load_state_dict(saved["state_dict"])

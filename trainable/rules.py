@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from . import data
+from . import data, model_io
 from .config import TrialConfig, field_problem, get_key, leaf_keys
+from .context import Context
 from .errors import ConfigError
 from .models import check_model
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where trials run, as far as this process knows it."""
-
-    device: str | None = None  # "cuda" or "cpu": what train.device auto becomes; None: not known here
-    local: bool = True         # files the config names (data, teacher) are on this machine
-
-    @classmethod
-    def here(cls) -> "Context":
-        import torch
-        return cls("cuda" if torch.cuda.is_available() else "cpu", True)
 
 
 @dataclass(frozen=True)
@@ -137,10 +124,8 @@ def batch_fits_data(cfg: TrialConfig, ctx: Context) -> None:
 
 @rule("train.teacher")
 def teacher_exists(cfg: TrialConfig, ctx: Context) -> None:
-    teacher = cfg.train.teacher
-    if teacher and ctx.local and not Path(teacher).expanduser().is_file():
-        raise ConfigError("train.teacher", f"no model file {teacher!r}",
-                          "train one with --set train.save_model=PATH first")
+    if cfg.train.teacher and ctx.local:
+        model_io.read_model_file(cfg.train.teacher)
 
 
 # ---- data ----------------------------------------------------------------
