@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import sweeps  # noqa: E402
 from search_spaces import load_spec, parse_spec  # noqa: E402
 from trainable.config import leaf_keys  # noqa: E402
 from trainable.context import Context  # noqa: E402
@@ -95,7 +96,7 @@ def check_one(text: str, sets: list[str]) -> tuple[str, float]:
     signal.alarm(HANG_S)
     t0 = time.perf_counter()
     try:
-        parse_spec(text, "fuzz.yaml", sets, context=Context(device="cpu"))
+        sweeps.check(parse_spec(text, "fuzz.yaml", sets, context=Context(device="cpu")))  # as `sweep validate`
         outcome = "ok"
     except UserError:
         outcome = "refused"
