@@ -24,7 +24,13 @@ loses at most the epoch in flight), and trials already written are not
 written again. A sweep whose budget grew after its experiment ran out gets a
 further experiment (`<name>-2`, ...) for the missing trials; grid points
 continue their cycle from the trials already in the study. A restored
-experiment keeps the sampler, pruner and resources it started with.
+experiment keeps the sampler, pruner and resources it started with. Restoring
+unpickles the experiment's files, so a folder (or anything in it, or a folder
+above it up to `<--dir>/ray`) that another user owns or can write is refused;
+the engine makes its folders 0700 and its files 0600 (check_private).
+
+A local Ray (no --address) listens on loopback only (start_local_ray); a
+cluster keeps its own settings.
 
 A fresh actor re-imports torch, Ray Tune and this package and reloads the data
 set for every trial, which costs far more than a small trial itself
@@ -431,6 +437,10 @@ class RayEngine:
         ray_schedulers.check(spec)
 
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
+        with private_files():
+            return self._run(spec, options)
+
+    def _run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         global _ACTIVE, _DEADLINE
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.check(spec, options.workers, options.address)
@@ -448,13 +458,14 @@ class RayEngine:
         name, restore = ledger.experiment(trials)
         samples = -1 if budget is None else budget - finished
 
+        if restore:  # before Ray unpickles anything of it
+            check_private(storage, storage / name)
         started = False
         if not ray.is_initialized():
-            if options.address:
+            if options.address:  # the cluster's own settings (README: securing a cluster)
                 ray.init(address=options.address, logging_level=logging.ERROR, log_to_driver=not options.quiet)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
-                         log_to_driver=not options.quiet)
+                start_local_ray(os.cpu_count(), quiet=options.quiet)
             started = True
         progress = Progress(spec, budget, finished, quiet=options.quiet)
         _ACTIVE = _Recorder(spec, study, progress, name)
@@ -472,6 +483,7 @@ class RayEngine:
                                                resume_errored=False, restart_errored=False)
                 else:
                     ledger.started(name, samples)
+                    private_dir(storage / name)  # before Ray makes it, so it is 0700 from the start
                     search, space = _search(spec, trials, samples)
                     tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
                         search_alg=search, scheduler=scheduler, num_samples=samples,
@@ -504,6 +516,93 @@ class RayEngine:
         if budget is not None and result.finished < budget and not spec.budget.minutes:
             result = dataclasses.replace(result, interrupted=True)  # Ctrl-C: Ray stopped, the rest resumes
         return result
+
+
+# ---- a local Ray on loopback only ----------------------------------------
+
+# Ray binds its servers (GCS, raylet and object manager, core workers, runtime
+# env and dashboard agents, metrics) to the node's IP; on Linux Ray takes the
+# machine's own address and its gRPC servers listen on every interface. Where
+# Ray clusters are off (its default on macOS and Windows) the node's IP is
+# 127.0.0.1 and every server binds loopback only. `ray.init(_node_ip_address=
+# "127.0.0.1")` does not do it: Ray swaps a loopback address for the machine's.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(num_cpus: int | None, quiet: bool = True) -> None:
+    """A Ray instance of the sweep's own, every port of its processes on loopback."""
+    from ray._private import ray_constants
+    # Ray reads the variable once, at import: the constant for this process, the
+    # variable for the processes ray.init starts (inherited, restored after).
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _env(**{SINGLE_MACHINE_ENV: "0"}):
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=not quiet)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
+    address = ray.util.get_node_ip_address()
+    if not _loopback(address):  # a Ray release that picks the node's IP another way
+        ray.shutdown()
+        raise SweepError(f"the local Ray started on {address}, not on loopback, so its ports would be open to "
+                         f"the network; fix: install the Ray release this package was tested with (2.60) or use "
+                         f"--engine optuna")
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+# ---- files Ray unpickles: ours alone --------------------------------------
+
+@contextlib.contextmanager
+def private_files():
+    """What the engine and its local Ray create is 0700/0600 (a new study included): a
+    resume refuses what others can write, so a umask of 002 must not make ours so."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def check_private(storage: Path, folder: Path) -> None:
+    """Tuner.restore unpickles the experiment's files (tuner.pkl, the searcher's state,
+    trials' state): a file another user planted there would run as us. As ssh does
+    with its keys, refuse the folder when another user owns or can write it, a folder
+    above it up to `storage` (`<--dir>/ray`), or anything inside it."""
+    above = [folder, *[p for p in folder.parents if p == storage or storage in p.parents]]
+    for path in reversed(above):
+        _check_owned(path, folder)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            _check_owned(Path(root) / name, folder)
+
+
+def _check_owned(path: Path, folder: Path) -> None:
+    info = os.stat(path)  # a link is judged by what it points to: that is what Ray reads
+    if info.st_uid != os.getuid():
+        why = f"is owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+        fix = f"if you trust it, chown -R {os.getuid()} {path}; else delete {folder}"
+    elif info.st_mode & 0o022:
+        why = f"can be written by other users (mode {info.st_mode & 0o777:o})"
+        fix = f"if you trust it, chmod -R go-w {path}; else delete {folder}"
+    else:
+        return
+    raise SweepError(f"{path} {why}: resuming the Ray experiment would unpickle files that another user could have "
+                     f"planted; fix: {fix}")
 
 
 def _reuse_actors(spec: SweepSpec) -> bool:
@@ -551,8 +650,12 @@ class _Ledger:
     def started(self, name: str, samples: int) -> None:
         self.state["experiments"][name] = samples
         self.state["current"] = name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.state, indent=1) + "\n")
+        private_dir(self.path.parent)
+        # Written whole or not at all (a driver killed mid-write leaves the old ledger), 0600.
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps(self.state, indent=1) + "\n")
+        os.replace(temporary, self.path)
 
 
 @contextlib.contextmanager

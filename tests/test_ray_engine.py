@@ -24,7 +24,8 @@ def ray_instance():
     """One local Ray for the module; the engine uses it and leaves it running."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        from sweeps import ray_engine
+        ray_engine.start_local_ray(2)  # on loopback, as a sweep's own
     yield
     if started:
         ray.shutdown()
