@@ -121,8 +121,12 @@ def cmd_plot(args) -> int:
     figures.KINDS.get(args.kind)  # an unknown kind fails before the sweep is read
     frame = analysis.load(args.sweep, args.storage, args.dir)
     fig = figures.plot(args.kind, frame, metric=args.metric, by=args.by)
+    from analysis.report import CannotWrite
     out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CannotWrite(f"cannot write {out}: {e.strerror or e}; fix: pass --out a file in a folder you can write")
     try:
         figures.save(fig, out)
     except (ImportError, ValueError, RuntimeError) as e:
@@ -196,7 +200,10 @@ def cmd_report(args) -> int:
 
 def cmd_dashboard(args) -> int:
     from analysis.load import open_study, sweep_name
+    from sweeps.base import SweepError
     from sweeps.storage import resolve
+    if not 0 < args.port < 65536:
+        raise SweepError(f"--port {args.port} is not a TCP port; fix: pass one from 1 to 65535, e.g. 8080")
     name = sweep_name(args.sweep)
     url = resolve(name, args.storage, args.dir)
     open_study(name, url)  # fails clearly if the sweep does not exist
@@ -211,9 +218,9 @@ def cmd_dashboard(args) -> int:
         run_server(url, host="127.0.0.1", port=args.port)
     except KeyboardInterrupt:
         pass
-    except OSError as e:  # the port is taken
-        print(f"error: cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}; fix: pass another --port",
-              file=sys.stderr)
+    except (OSError, OverflowError) as e:  # the port is taken, or one root alone may open
+        print(f"error: cannot listen on 127.0.0.1:{args.port}: {getattr(e, 'strerror', None) or e}; "
+              "fix: pass another --port", file=sys.stderr)
         return 2
     return 0
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 
 from sweeps import record
-from sweeps.storage import DEFAULT_DIR, resolve, sqlite_file
+from sweeps.storage import DEFAULT_DIR, password, resolve, shown, sqlite_file
 from trainable.errors import UserError
 
 META = ["trial", record.SEED, record.STATE]
@@ -24,6 +25,25 @@ STATE = {"COMPLETE": record.COMPLETE, "PRUNED": record.PRUNED, "FAIL": record.FA
 
 class SweepNotFound(UserError, LookupError):
     """No stored sweep of that name (or no storage where it was looked for)."""
+
+
+class StorageUnreadable(UserError):
+    """The storage cannot be read: not a database, a server that does not answer, a wrong URL."""
+
+
+def _unreadable(url: str, e: Exception) -> StorageUnreadable:
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    if secret := password(url):
+        text = text.replace(secret, "***")
+    path = sqlite_file(url)
+    if path is not None and path.is_dir():
+        fix = f"{path} is a folder: pass --dir or --storage where the sweep's results are"
+    elif path is not None:
+        fix = (f"{path} is not a readable sweep database (damaged, or another kind of file): restore it from "
+               "a copy, or move it aside and run the sweep again")
+    else:
+        fix = "check that the database server runs and the URL (host, port, user, password, database)"
+    return StorageUnreadable(f"cannot read {shown(url)}: {type(e).__name__}: {text}; fix: {fix}")
 
 
 def sweep_name(name_or_spec) -> str:
@@ -47,13 +67,20 @@ def open_study(name_or_spec, storage: str | None = None, directory: str | Path =
     if path is not None and not path.exists():  # opening would create an empty database
         raise SweepNotFound(f"no sweep {name!r}: {path} does not exist; fix: run `sweep run SPEC` first, "
                             "or pass --storage/--dir where it was stored")
+    if path is not None and path.is_dir():
+        raise _unreadable(url, IsADirectoryError(f"{path} is a folder"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler())
-        except KeyError:
-            names = optuna.get_all_study_names(url)
-            raise SweepNotFound(f"no sweep {name!r} in {url}; fix: use one of {names}") from None
+            try:
+                return optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler())
+            except KeyError:
+                names = optuna.get_all_study_names(url)
+                raise SweepNotFound(f"no sweep {name!r} in {shown(url)}; fix: use one of {names}") from None
+        except UserError:
+            raise
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, OSError) as e:
+            raise _unreadable(url, e) from None  # a damaged file, a server that does not answer, no driver
 
 
 def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -80,9 +80,17 @@ def write(name_or_spec, out: str | Path | None = None, storage: str | None = Non
     """Write the report (default DIR/NAME-report.html) and return its path."""
     page, _ = report(name_or_spec, storage, directory, top)
     path = Path(out or Path(directory) / f"{sweep_name(name_or_spec)}-report.html")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise CannotWrite(f"cannot write the report {path}: {e.strerror or e}; "
+                          "fix: pass --out a file in a folder you can write") from None
     return path
+
+
+class CannotWrite(UserError):
+    """The report (or a figure) cannot be written where it was asked for."""
 
 
 def esc(value) -> str:

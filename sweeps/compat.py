@@ -76,3 +76,29 @@ def searcher_has_trial(searcher, trial_id: str) -> bool:
     already knows may still get their config.
     """
     return trial_id in searcher._ot_trials
+
+
+def rdb_storage(study):
+    """The RDBStorage under a study (Optuna wraps it in a private `_CachedStorage`, `._backend`),
+    for its SQLAlchemy engine: a lock, and a query Optuna has no method for."""
+    storage = study_storage(study)
+    return getattr(storage, "_backend", storage)
+
+
+def running_without_heartbeat(study) -> list[int]:
+    """Ids of the study's RUNNING trials that have no heartbeat row (Optuna's models and `Study._study_id`: no public query).
+
+    Optuna's stale-trial check skips a trial without a heartbeat, so a process killed
+    between popping a trial and its first beat would leave it RUNNING forever.
+    """
+    import sqlalchemy.orm
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    study_id = study._study_id
+    with sqlalchemy.orm.Session(rdb_storage(study).engine) as session:
+        rows = (session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING,
+                        ~models.TrialModel.heartbeats.any())
+                .all())
+    return [r[0] for r in rows]

@@ -70,15 +70,35 @@ def prepare(study: optuna.Study, spec: SweepSpec, slots: bool) -> None:
     without a grid. The one process that creates or (re)starts the sweep runs it, before other
     processes pop: enqueued once, each WAITING trial runs once, so the budget holds."""
     studies.fail_stale(study)
-    studies.enqueue_retries(study, study.get_trials(deepcopy=False))
-    budget = spec.trials
-    if budget is None or not (spec.grid_params or slots):
-        return
-    trials = study.get_trials(deepcopy=False)
-    pending = sum(record.counts_toward_budget(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
-                  for t in trials)
-    for point in sampling.grid_queue(spec, trials, budget - pending) or [{}] * (budget - pending):
-        study.enqueue_trial(point)
+    with studies.enqueue_lock(study):  # two `sweep run` of one spec at once: one counts and enqueues, then the other
+        studies.enqueue_retries(study, study.get_trials(deepcopy=False))
+        budget = spec.trials
+        if budget is None or not (spec.grid_params or slots):
+            return
+        trials = study.get_trials(deepcopy=False)
+        pending = sum(record.counts_toward_budget(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+                      for t in trials)
+        points = sampling.grid_queue(spec, trials, budget - pending) or [{}] * (budget - pending)
+        studies.widen_window()
+        for point in points:
+            study.enqueue_trial(point)
+
+
+def _enqueue_next(study: optuna.Study, spec: SweepSpec) -> None:
+    """The process that enqueues as it goes: the next grid point (or a free slot, with a trial
+    budget) when nothing waits and the budget leaves room, counted again under the lock."""
+    with studies.enqueue_lock(study):
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        point = sampling.next_grid_point(spec, trials)
+        if spec.trials is None:
+            if point:
+                study.enqueue_trial(point)
+            return
+        busy = sum(t.state == TrialState.RUNNING for t in trials)
+        if studies.finished(trials) + busy < spec.trials:
+            study.enqueue_trial(point or {})
 
 
 def objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict | None = None):
@@ -130,6 +150,15 @@ def objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict 
     return run_trial
 
 
+def _stop_if_disk_full(study: optuna.Study, current: dict) -> None:
+    """A trial of this process stopped on a full disk: stop here (SweepError) rather than fail the next."""
+    number = current.get("number")
+    if number is not None:
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if error := studies.full_disk(mine):
+            raise error
+
+
 def work(study: optuna.Study, spec: SweepSpec, progress: Progress, run_dir: Path, *, enqueue: bool,
          retry_own: bool) -> bool:
     """Run trials of the study until the budget (or budget.minutes) is reached; True if stopped by Ctrl-C.
@@ -157,9 +186,10 @@ def work(study: optuna.Study, spec: SweepSpec, progress: Progress, run_dir: Path
             if (budget is not None and finished >= budget) or studies.past(deadline):
                 break
             if budget is None:  # a time budget: trials are created as they go; a grid cycles
-                if not waiting and (point := sampling.next_grid_point(spec, trials)):
-                    study.enqueue_trial(point)
+                if not waiting:
+                    _enqueue_next(study, spec)
                 study.optimize(run_trial, n_trials=1, catch=(TrialError,), callbacks=[progress.trial_done])
+                _stop_if_disk_full(study, current)
                 continue
             if finished + running >= budget:
                 progress.waiting(running)  # another worker's trial, or a dead run's until its heartbeat expires
@@ -173,7 +203,7 @@ def work(study: optuna.Study, spec: SweepSpec, progress: Progress, run_dir: Path
                         idle_said = True
                     time.sleep(studies.HEARTBEAT_S)
                     continue
-                study.enqueue_trial(sampling.next_grid_point(spec, trials) or {})
+                _enqueue_next(study, spec)
             idle_said = False
             current.clear()
             try:
@@ -181,6 +211,7 @@ def work(study: optuna.Study, spec: SweepSpec, progress: Progress, run_dir: Path
                     study.optimize(run_trial, n_trials=1, catch=(TrialError,), callbacks=[progress.trial_done])
             except compat.NothingWaiting:
                 continue
+            _stop_if_disk_full(study, current)
     except KeyboardInterrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the retry
         try:

@@ -46,6 +46,7 @@ COMPLETE, PRUNED, FAILED, RUNNING = "complete", "pruned", "failed", "running"
 RUN_KEYS = (metrics.VAL_ERROR, metrics.BEST_VAL_ERROR, metrics.TEST_ERROR, metrics.EPOCHS_DONE,
             metrics.DURATION_S, metrics.IMAGES_PER_S, metrics.TRAIN_LOSS, metrics.TRAIN_ERROR, metrics.VAL_LOSS)
 INTERRUPTED = "interrupted"   # a failed run's reason when none was recorded
+DISK_FULL = "disk full"       # the start of the reason of a trial stopped by a full disk (Training.save)
 
 
 def curve_key(seed_index: int) -> str:
@@ -125,14 +126,19 @@ def _state(t) -> str:
 
 
 def is_interrupted(t) -> bool:
-    """Failed without a recorded reason: stopped by Ctrl-C, a kill or a lost heartbeat (it is retried)."""
-    return _state(t) == "FAIL" and ERROR not in t.user_attrs
+    """Failed without a recorded reason (stopped by Ctrl-C, a kill or a lost heartbeat), or stopped by
+    a full disk (not the config's fault): it is retried, from its last checkpoint, when the sweep resumes."""
+    return _state(t) == "FAIL" and (ERROR not in t.user_attrs or stopped_by_full_disk(t))
+
+
+def stopped_by_full_disk(t) -> bool:
+    return _state(t) == "FAIL" and str(t.user_attrs.get(ERROR, "")).startswith(DISK_FULL)
 
 
 def counts_toward_budget(t) -> bool:
-    """Complete, pruned, or failed with a recorded reason."""
+    """Complete, pruned, or failed with a recorded reason (other than a full disk)."""
     return _state(t) in ("COMPLETE", "PRUNED") or failed_with_reason(t)
 
 
 def failed_with_reason(t) -> bool:
-    return _state(t) == "FAIL" and ERROR in t.user_attrs
+    return _state(t) == "FAIL" and ERROR in t.user_attrs and not stopped_by_full_disk(t)

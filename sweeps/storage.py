@@ -20,7 +20,13 @@ def resolve(name: str, storage: str | None = None, directory: str | Path = DEFAU
     if storage:
         return storage
     if create:
-        Path(directory).expanduser().mkdir(parents=True, exist_ok=True)
+        folder = Path(directory).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, a file above it, no permission
+            from .base import SweepError
+            raise SweepError(f"--dir {folder}: cannot make the folder ({e.strerror or e}); "
+                             "fix: pass --dir a folder, or a path where one can be made") from None
     return default_url(name, directory)
 
 
@@ -28,3 +34,22 @@ def sqlite_file(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
     return None
+
+
+def password(url: str) -> str | None:
+    """The password in `url`, if it has one (to mask it in a driver's message too)."""
+    try:
+        from sqlalchemy.engine import make_url
+        secret = make_url(url).password
+    except Exception:  # not a URL SQLAlchemy can parse
+        return None
+    return str(secret) if secret else None
+
+
+def shown(url: str) -> str:
+    """The URL as printed anywhere (progress lines, errors): its password masked as ***."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: it holds no password SQLAlchemy would use
+        return url.split("@", 1)[-1] if "@" in url else url

@@ -8,8 +8,12 @@ points are never repeated and it resumes from its checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
+import os
 import time
 import warnings
 import zlib
@@ -24,13 +28,16 @@ from trainable.config import non_defaults
 from . import compat, record
 from .base import RunSummary, SweepError
 from .sampling import SAMPLERS
-from .storage import sqlite_file
+from .storage import password, shown, sqlite_file
 
 if TYPE_CHECKING:
     from search_spaces import SweepSpec
 
 HEARTBEAT_S = 2    # a running trial writes a heartbeat this often ...
 GRACE_S = 6        # ... and counts as interrupted when none came for this long
+UNBEATEN_S = 20    # a RUNNING trial that never wrote a heartbeat is dead after this long (its process died
+                   # between popping it and the first beat); generous for clocks of machines that differ
+WIDEN_ENV = "SWEEP_TEST_ENQUEUE_DELAY"  # tests only: seconds between counting the trials and enqueueing
 
 
 # ---- the storage --------------------------------------------------------------
@@ -83,9 +90,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def _cannot_open(url: str, e: Exception) -> SweepError:
-    return SweepError(f"--storage: cannot open {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}; "
-                      "fix: give a SQLAlchemy URL such as sqlite:///runs/name.db or "
-                      "postgresql://user@host/db")
+    text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    path = sqlite_file(url)
+    if path is not None and path.is_file() and "DatabaseError" in text:
+        fix = (f"{path} is not a readable sweep database (damaged, or another kind of file): restore it "
+               "from a copy, or move it aside and run again (the sweep starts over)")
+    elif "No module named" in text:
+        fix = ("install the database driver: pip install 'psycopg[binary]' for postgresql://, "
+               "pip install psycopg2-binary for postgresql+psycopg2://")
+    else:
+        fix = ("check that the server runs and the URL, or give a SQLAlchemy URL such as "
+               "sqlite:///runs/name.db or postgresql://user:PASSWORD@host/db")
+    # Neither the URL nor the driver's message may show the password.
+    if secret := password(url):
+        text = text.replace(secret, "***")
+    return SweepError(f"--storage: cannot open {shown(url)!r}: {text}; fix: {fix}")
 
 
 # ---- the study ----------------------------------------------------------------
@@ -124,7 +143,7 @@ def open_study(spec: SweepSpec, url: str, engine: str, worker: bool = False) -> 
     mine = fingerprint(spec)
     if record.FINGERPRINT in attrs and attrs[record.FINGERPRINT] != mine:
         raise SweepError(
-            f"{url} already holds sweep {spec.name!r} made from a different base, space, seeds or objective; "
+            f"{shown(url)} already holds sweep {spec.name!r} made from a different base, space, seeds or objective; "
             f"fix: give this sweep another name (--set name=...), another --dir, or delete the old results")
     if study.direction.name.lower() != direction:
         raise SweepError(f"objective.mode: the stored sweep {spec.name!r} runs in the other direction; "
@@ -180,6 +199,16 @@ def summary(study: optuna.Study, spec: SweepSpec, interrupted: bool, before: set
                       ran=len(new), failed=sum(map(record.failed_with_reason, new)))
 
 
+def full_disk(trials, before: set[int] = frozenset()) -> SweepError | None:
+    """The error that stops the sweep when a trial (not in `before`) was stopped by a full disk:
+    the next trials would fail the same way. The trial is retried when the sweep resumes."""
+    for t in trials:
+        if record.stopped_by_full_disk(t) and t.number not in before:
+            return SweepError(f"trial {t.number} stopped: {t.user_attrs[record.ERROR].split('; fix:')[0]}; "
+                              "fix: free space under --dir, then run the same command again to resume")
+    return None
+
+
 # ---- retries of interrupted trials -------------------------------------------
 
 def retryable(t: optuna.trial.FrozenTrial) -> bool:
@@ -199,24 +228,91 @@ def retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
 
 def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     # Optuna calls this only in the process whose fail_stale_trials flipped the trial from RUNNING
-    # to FAIL (the flip is a row-locked update), so each stale trial gets exactly one retry.
-    if retryable(trial):
-        retry(study, trial)
+    # to FAIL (the flip is a row-locked update); under the enqueue lock, and only if a `sweep run`
+    # preparing at the same time (enqueue_retries) did not retry it first: one retry each.
+    with enqueue_lock(study):
+        if retryable(trial) and not _has_retry(study, trial.number):
+            retry(study, trial)
+
+
+def _has_retry(study: optuna.Study, number: int) -> bool:
+    return any(u.user_attrs.get(record.RETRIED) == number for u in study.get_trials(deepcopy=False))
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Mark trials whose heartbeat stopped as interrupted (their retry is enqueued by _retry_stale)."""
+    """Mark trials whose heartbeat stopped as interrupted (their retry is enqueued by _retry_stale),
+    and trials that never wrote one: their process died between popping them and the first beat."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    storage = compat.study_storage(study)
+    since = datetime.datetime.now() - datetime.timedelta(seconds=UNBEATEN_S)  # as FrozenTrial: local, naive
+    for trial_id in compat.running_without_heartbeat(study):
+        started = storage.get_trial(trial_id).datetime_start
+        if started is None or started > since:
+            continue
+        try:  # a row-locked update: of processes doing this at once, one flips it
+            flipped = storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if flipped:
+            _retry_stale(study, storage.get_trial(trial_id))
 
 
 def enqueue_retries(study: optuna.Study, trials) -> None:
-    """Retry every interrupted trial that has no retry yet (run by the process that prepares)."""
+    """Retry every interrupted trial that has no retry yet (run by the process that prepares,
+    under enqueue_lock)."""
     retried = {t.user_attrs.get(record.RETRIED) for t in trials}
     for t in trials:
         if retryable(t) and t.number not in retried:
             retry(study, t)
+
+
+# ---- one process enqueues at a time -------------------------------------------
+
+_held: dict[tuple[str, str], int] = {}  # locks this process holds (re-entrant: a retry inside prepare)
+
+
+@contextlib.contextmanager
+def enqueue_lock(study: optuna.Study):
+    """Across processes, one at a time counts the study's trials and enqueues work.
+
+    Optuna's transactions are one statement each, so two `sweep run` preparing at
+    the same instant could both count 0 of 4 grid points and enqueue 8. SQLite
+    (one machine): an flock on NAME.db.lock beside the file; PostgreSQL: a
+    transaction-level advisory lock keyed by the study name on a connection of
+    its own. Both are released when the process dies. Other databases: none.
+    """
+    engine = compat.rdb_storage(study).engine
+    key = (str(engine.url), study.study_name)
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    with contextlib.ExitStack() as stack:
+        if engine.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            fd = os.open(f"{engine.url.database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by os.close, or by the process's death
+        elif engine.name == "postgresql":
+            conn = stack.enter_context(engine.connect())  # its transaction ends (rolled back) on exit
+            lock_id = zlib.crc32(f"recipe-sweep enqueue {study.study_name}".encode()) - 2**31
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            _held[key] = 0
+
+
+def widen_window() -> None:
+    """Tests only: hold the enqueue lock longer, so that a missing lock shows as double work."""
+    delay = float(os.environ.get(WIDEN_ENV) or 0)
+    if delay:
+        time.sleep(delay)
 
 
 def retry_own(study: optuna.Study, number: int | None, always: bool) -> None:
@@ -224,9 +320,10 @@ def retry_own(study: optuna.Study, number: int | None, always: bool) -> None:
     here, so no other process retries it), always or when other trials are running."""
     if number is None:
         return
-    trials = study.get_trials(deepcopy=False)
-    t = next((t for t in trials if t.number == number), None)
-    if t is None or not retryable(t) or any(u.user_attrs.get(record.RETRIED) == number for u in trials):
-        return
-    if always or any(u.state == TrialState.RUNNING for u in trials):
-        retry(study, t)
+    with enqueue_lock(study):
+        trials = study.get_trials(deepcopy=False)
+        t = next((t for t in trials if t.number == number), None)
+        if t is None or not retryable(t) or any(u.user_attrs.get(record.RETRIED) == number for u in trials):
+            return
+        if always or any(u.state == TrialState.RUNNING for u in trials):
+            retry(study, t)

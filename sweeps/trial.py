@@ -67,7 +67,8 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
                 error = str(e) if isinstance(e, TrialError) else None
                 on_run([record.partial_row(cfg.train.seed, runs[i].history if i < len(runs) else [], state, error)
                         for i, cfg in enumerate(configs)])
-                _clean(checkpoint_dir)
+                if not (error or "").startswith(record.DISK_FULL):  # kept: the retry resumes from them
+                    _clean(checkpoint_dir)
             raise
     on_run([record.complete_row(cfg.train.seed, res) for cfg, res in zip(configs, results)])
     _clean(checkpoint_dir)

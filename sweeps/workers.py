@@ -181,9 +181,14 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
                 progress.trial_done(study, t)
 
     idle_since: tuple[int, float] | None = None
+    full_before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     while any(p.poll() is None for p in procs):
         trials = study.get_trials(deepcopy=False)
         report_finished(trials)
+        if error := studies.full_disk(trials, full_before):  # the others' next checkpoints would fail too
+            _stop(procs)
+            report_finished(study.get_trials(deepcopy=False))
+            raise error
         finished = studies.finished(trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)

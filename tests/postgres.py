@@ -8,7 +8,7 @@ SQLAlchemy URL. Use them from a test module with
 
 The server binaries come from the Debian package `postgresql`
 (/usr/lib/postgresql/<version>/bin; scripts/setup.sh installs it); without
-them, or without psycopg2, the tests that use these fixtures are skipped.
+them, or without psycopg (3), the tests that use these fixtures are skipped.
 initdb refuses to run as root, so as root the folder is given to the
 `postgres` user the package creates and the server runs as that user.
 """
@@ -59,7 +59,8 @@ class Server:
     folder: Path
 
     def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://postgres@{HOST}:{self.port}/{database}"
+        """The README's form: postgresql:// is psycopg 3 for SQLAlchemy 2 (a dependency of the project)."""
+        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
 
     def createdb(self, name: str) -> str:
         subprocess.run([str(self.bin / "createdb"), "-h", HOST, "-p", str(self.port), "-U", "postgres", name],
@@ -95,10 +96,10 @@ def postgres_server():
         pytest.skip(f"{NOT_INSTALLED}: no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH "
                     "(fix: bash scripts/setup.sh, which runs apt-get install postgresql)")
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg2 is not installed, so SQLAlchemy cannot reach PostgreSQL "
-                    "(fix: pip install -e '.[test]', which brings psycopg2-binary)")
+        pytest.skip("psycopg is not installed, so SQLAlchemy cannot reach postgresql:// URLs "
+                    "(fix: pip install -e ., which brings psycopg[binary])")
     folder = Path(tempfile.mkdtemp(prefix="recipe-sweep-pg-"))  # under /tmp, which any user can traverse
     try:
         as_user = _as_server_user(folder)
@@ -131,5 +132,5 @@ _databases = itertools.count()
 
 @pytest.fixture
 def postgres_url(postgres_server):
-    """A new, empty database on the test server: postgresql+psycopg2://postgres@127.0.0.1:PORT/DB."""
+    """A new, empty database on the test server: postgresql://postgres@127.0.0.1:PORT/DB."""
     yield postgres_server.createdb(f"sweeps{os.getpid()}_{next(_databases)}")

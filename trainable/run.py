@@ -293,12 +293,26 @@ class Training:
         self.since_best, self.seconds = state["since_best"], state["seconds"]
 
     def save(self, path: str | Path) -> None:
-        """Write the checkpoint atomically: a kill mid-write leaves the previous one intact."""
+        """Write the checkpoint atomically: a kill mid-write leaves the previous one intact.
+
+        A full disk (or quota) fails the trial with "disk full: ..." (a TrialError) and leaves no
+        `.tmp` behind; the previous checkpoint stays, so a rerun after freeing space resumes from it.
+        """
+        import errno
+
+        from .errors import TrialError
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({**self.state_dict(), "config": self._identity()}, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({**self.state_dict(), "config": self._identity()}, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+                raise TrialError(f"disk full: cannot write the checkpoint {path}: "
+                                 f"{os.strerror(errno.ENOSPC)}; fix: free space under --dir") from None
+            raise
 
     def load(self, path: str | Path, any_config: bool = False) -> bool:
         """Resume from a checkpoint of this same config (True), or load nothing (False).
@@ -306,9 +320,23 @@ class Training:
         A checkpoint of another config is one a different sweep left at the same path (a study of
         the same name made again, whose trial got the same number): resuming it would train one
         config's weights under another's name. `any_config` takes it anyway: PBT resumes a clone
-        from its donor's checkpoint under perturbed hyperparameters.
+        from its donor's checkpoint under perturbed hyperparameters. A file that cannot be read
+        (truncated, tampered with, not a checkpoint) counts as absent: one warning line, and it is
+        moved aside to NAME.unreadable, so the trial starts over.
         """
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        import sys
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+        except Exception as e:  # pickle, zip and torch errors: any of them means unreadable
+            aside = Path(f"{path}.unreadable")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason.split('. ')[0]}); "
+                  f"starting over, the file moved to {aside.name}", file=sys.stderr, flush=True)
+            return False
         if not any_config and state.get("config") != self._identity():
             return False
         self.load_state_dict(state)
