@@ -220,3 +220,13 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(write_spec, 
     frame = analysis.load("tiny", directory=runs)
     assert len(frame) == 3 and (frame["state"] == "complete").all()
     assert not list((runs / "ray" / "tiny").glob("trial_*/checkpoint_*"))  # dropped once written
+
+
+@pytest.mark.slow
+def test_a_driver_killed_at_a_random_moment_resumes_without_losing_repeating_or_overshooting(tmp_path):
+    from benchmarks import chaos_ray
+    report = chaos_ray.run(kills=1, workdir=tmp_path)
+    assert report["returncode"] == 0, report.get("stderr_tail")
+    assert report["kills_landed"] == 1 and report["finished"] == report["budget"]
+    zeros = ("lost", "repeated", "running", "overshoot", "broken_curves", "leftover_ray_processes")
+    assert {k: report[k] for k in zeros} == dict.fromkeys(zeros, 0)
