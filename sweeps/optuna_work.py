@@ -22,6 +22,7 @@ from trainable import TrialError, to_dict
 from trainable.registry import Registry
 
 from . import compat, isolated, record, sampling, study as studies
+from .base import SweepError
 from .progress import Progress
 from .same_length import SameLengthPruner, per_length
 from .trial import median_metrics, versions
@@ -106,24 +107,26 @@ def objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict 
     metric = spec.objective.metric
     current = {} if current is None else current
 
+    patiently = studies.patiently  # each write waits out a storage that stops answering for a while
+
     def run_trial(trial: optuna.Trial) -> float:
         current["number"] = trial.number
-        trial.set_user_attr(record.WORKER, record.worker_id())
+        patiently(trial.set_user_attr, record.WORKER, record.worker_id())
         try:
             return run(trial)
         except TrialError as e:
-            trial.set_user_attr(record.ERROR, str(e))
+            patiently(trial.set_user_attr, record.ERROR, str(e))
             raise
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, SweepError, *studies.STORAGE_ERRORS):  # the storage's fault, not the config's
             raise
         except Exception as e:  # a bug: record it so a resume does not retry it forever
-            trial.set_user_attr(record.ERROR, record.bug_text(e))
+            patiently(trial.set_user_attr, record.ERROR, record.bug_text(e))
             raise
 
     def run(trial: optuna.Trial) -> float:
         values = sampling.sample(spec, trial)  # a derive that cannot be computed fails the trial with its reason
-        trial.set_user_attr(record.CONFIG, to_dict(spec.config(values)))
-        trial.set_user_attr(record.VERSIONS, versions())
+        patiently(trial.set_user_attr, record.CONFIG, to_dict(spec.config(values)))
+        patiently(trial.set_user_attr, record.VERSIONS, versions())
         progress.trial_started(trial.number, values)
         # A retried trial resumes from the checkpoints of the run it replaces.
         first = trial.user_attrs.get(record.RETRY_OF, trial.number)
@@ -133,7 +136,7 @@ def objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict 
         def on_epoch(epoch, per_seed):
             for i, metrics in enumerate(per_seed):
                 curves[i] = record.merge_curve(curves[i], epoch, metrics)
-                trial.set_user_attr(record.curve_key(i), curves[i])
+                patiently(trial.set_user_attr, record.curve_key(i), curves[i])
             median = median_metrics(per_seed)
             progress.epoch(epoch, median)
             # The seeds of a config are one unit: the pruner sees their median.
@@ -148,6 +151,15 @@ def objective(spec: SweepSpec, progress: Progress, run_dir: Path, current: dict 
         return isolated.run(spec, values, on_epoch, on_run, pruned=(optuna.TrialPruned,), checkpoint_dir=checkpoints)
 
     return run_trial
+
+
+def _optimize_one(study: optuna.Study, run_trial, progress: Progress) -> None:
+    try:
+        study.optimize(run_trial, n_trials=1, catch=(TrialError,), callbacks=[progress.trial_done])
+    except AssertionError as e:  # Optuna's _run_trial ends so when recording the trial's end failed
+        if isinstance(e.__context__, studies.STORAGE_ERRORS):
+            raise e.__context__ from None  # the storage's error, which work() waits out
+        raise
 
 
 def _stop_if_disk_full(study: optuna.Study, current: dict) -> None:
@@ -176,42 +188,62 @@ def work(study: optuna.Study, spec: SweepSpec, progress: Progress, run_dir: Path
     current: dict = {}
     run_trial = objective(spec, progress, run_dir, current)
     idle_said = False
+
+    def step() -> bool:
+        """One turn of the loop: run a trial, wait, or (False) stop."""
+        nonlocal idle_said
+        studies.fail_stale(study)  # a stale trial's retry is enqueued by whoever flips it
+        trials = study.get_trials(deepcopy=False)
+        finished = studies.finished(trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if (budget is not None and finished >= budget) or studies.past(deadline):
+            return False
+        if budget is None:  # a time budget: trials are created as they go; a grid cycles
+            if not waiting:
+                _enqueue_next(study, spec)
+            current.clear()
+            _optimize_one(study, run_trial, progress)
+            _stop_if_disk_full(study, current)
+            return True
+        if finished + running >= budget:
+            progress.waiting(running)  # another worker's trial, or a dead run's until its heartbeat expires
+            time.sleep(studies.HEARTBEAT_S)
+            return True
+        if not waiting:
+            if not enqueue:
+                if not idle_said:
+                    progress.write(f"nothing to run yet ({finished}/{budget} finished): waiting for "
+                                   "`sweep run` to enqueue trials")
+                    idle_said = True
+                time.sleep(studies.HEARTBEAT_S)
+                return True
+            _enqueue_next(study, spec)
+        idle_said = False
+        current.clear()
+        try:
+            with compat.only_waiting_trials(study):
+                _optimize_one(study, run_trial, progress)
+        except compat.NothingWaiting:
+            return True
+        _stop_if_disk_full(study, current)
+        return True
+
+    failures = 0  # storage errors in a row: an error that is not an outage must not loop forever
     try:
         while True:
-            studies.fail_stale(study)  # a stale trial's retry is enqueued by whoever flips it
-            trials = study.get_trials(deepcopy=False)
-            finished = studies.finished(trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if (budget is not None and finished >= budget) or studies.past(deadline):
-                break
-            if budget is None:  # a time budget: trials are created as they go; a grid cycles
-                if not waiting:
-                    _enqueue_next(study, spec)
-                study.optimize(run_trial, n_trials=1, catch=(TrialError,), callbacks=[progress.trial_done])
-                _stop_if_disk_full(study, current)
-                continue
-            if finished + running >= budget:
-                progress.waiting(running)  # another worker's trial, or a dead run's until its heartbeat expires
-                time.sleep(studies.HEARTBEAT_S)
-                continue
-            if not waiting:
-                if not enqueue:
-                    if not idle_said:
-                        progress.write(f"nothing to run yet ({finished}/{budget} finished): waiting for "
-                                       "`sweep run` to enqueue trials")
-                        idle_said = True
-                    time.sleep(studies.HEARTBEAT_S)
-                    continue
-                _enqueue_next(study, spec)
-            idle_said = False
-            current.clear()
             try:
-                with compat.only_waiting_trials(study):
-                    study.optimize(run_trial, n_trials=1, catch=(TrialError,), callbacks=[progress.trial_done])
-            except compat.NothingWaiting:
-                continue
-            _stop_if_disk_full(study, current)
+                if not step():
+                    break
+                failures = 0
+            except studies.STORAGE_ERRORS as e:  # the storage stopped answering (a server restart): wait, go on
+                studies.stop_if_full(e)
+                failures += 1
+                if failures > 20:
+                    raise
+                studies.patiently(study.get_trials, deepcopy=False)
+                # A trial of ours that Optuna failed meanwhile is retried (by us or another worker).
+                studies.patiently(studies.retry_own, study, current.get("number"), always=True)
     except KeyboardInterrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the retry
         try:

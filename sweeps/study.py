@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 import zlib
@@ -37,6 +38,8 @@ HEARTBEAT_S = 2    # a running trial writes a heartbeat this often ...
 GRACE_S = 6        # ... and counts as interrupted when none came for this long
 UNBEATEN_S = 20    # a RUNNING trial that never wrote a heartbeat is dead after this long (its process died
                    # between popping it and the first beat); generous for clocks of machines that differ
+STORAGE_WAIT_S = 300  # how long a process waits for a storage that stopped answering (a server restart)
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 WIDEN_ENV = "SWEEP_TEST_ENQUEUE_DELAY"  # tests only: seconds between counting the trials and enqueueing
 
 
@@ -62,6 +65,51 @@ def _begin_immediate(engine) -> None:
     engine.dispose()  # connections opened before the hooks were added
 
 
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat outlives a storage that stops answering for a while.
+
+    Optuna's heartbeat thread ends at the first failed write, so a server restart
+    would leave a live trial without heartbeats: another process would fail it as
+    stale and run it again. A failed beat is skipped here; the next one retries.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except STORAGE_ERRORS:
+            pass
+
+
+def stop_if_full(e: BaseException) -> None:
+    """A storage error from a full disk (SQLite's file): waiting is no use, stop (SweepError)."""
+    why = f"{e} {e.__cause__}"  # Optuna's StorageInternalError says why in its cause
+    if "disk is full" in why or "No space left" in why:
+        raise SweepError("disk full: the storage cannot be written; fix: free space under --dir (or "
+                         "where --storage is), then run the same command again to resume") from None
+
+
+def patiently(fn, *args, **kwargs):
+    """fn(*args, **kwargs), retried while the storage does not answer, for up to STORAGE_WAIT_S."""
+    end = time.monotonic() + STORAGE_WAIT_S
+    delay, said = 0.5, False
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except STORAGE_ERRORS as e:
+            stop_if_full(e)
+            if time.monotonic() > end:
+                raise SweepError(f"the storage did not answer for {STORAGE_WAIT_S} s "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                                 "fix: start the database server (or check the network), then run the same "
+                                 "command again to resume") from None
+            if not said:
+                print("warning: the storage does not answer; waiting for it (up to "
+                      f"{STORAGE_WAIT_S // 60} min)", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The sweep's RDB storage, with heartbeats (and the retry of a stale trial)."""
     path = sqlite_file(url)
@@ -72,7 +120,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                storage = _Storage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
                                                      grace_period=GRACE_S,
                                                      heartbeat_stale_trial_callback=_retry_stale)
             break

@@ -94,11 +94,15 @@ def join(spec: SweepSpec, storage: str, run_dir: str | Path = "runs", threads: i
 
 
 def _child() -> int:
+    from trainable.errors import UserError
     try:
         job = pickle.load(sys.stdin.buffer)
         return 130 if join(**job).interrupted else 0
     except KeyboardInterrupt:  # before the trial loop started: nothing to record
         return 130
+    except UserError as e:  # one line, as the CLI prints it (a full disk, a storage gone for good)
+        print(f"error: worker {os.getpid()}: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 def _die_with_parent() -> None:
@@ -154,7 +158,7 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
         progress.close()
     codes = [p.returncode for p in procs]
     crashed = [c for c in codes if c not in (0, 130, -signal.SIGINT)]
-    result = studies.summary(study, spec, interrupted, counted)
+    result = studies.patiently(studies.summary, study, spec, interrupted, counted)
     if crashed and not interrupted:
         print(f"warning: {len(crashed)} of {len(procs)} workers failed (exit codes {crashed}); "
               "their errors are above", file=sys.stderr)
@@ -183,7 +187,7 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
     idle_since: tuple[int, float] | None = None
     full_before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     while any(p.poll() is None for p in procs):
-        trials = study.get_trials(deepcopy=False)
+        trials = studies.patiently(study.get_trials, deepcopy=False)  # a server restart: wait it out
         report_finished(trials)
         if error := studies.full_disk(trials, full_before):  # the others' next checkpoints would fail too
             _stop(procs)
@@ -199,12 +203,12 @@ def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], 
             if idle_since is None or idle_since[0] != len(trials):
                 idle_since = (len(trials), time.monotonic())
             elif time.monotonic() - idle_since[1] > 2 * studies.HEARTBEAT_S:  # not a worker mid-retry
-                optuna_work.prepare(study, spec, slots=True)
+                studies.patiently(optuna_work.prepare, study, spec, slots=True)
                 idle_since = None
         else:
             idle_since = None
         time.sleep(POLL_S)
-    report_finished(study.get_trials(deepcopy=False))  # the last ones
+    report_finished(studies.patiently(study.get_trials, deepcopy=False))  # the last ones
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

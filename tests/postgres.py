@@ -14,6 +14,7 @@ initdb refuses to run as root, so as root the folder is given to the
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -22,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ class Server:
     bin: Path
     port: int
     folder: Path
+    as_user: list[str] = field(default_factory=list)
 
     def url(self, database: str) -> str:
         """The README's form: postgresql:// is psycopg 3 for SQLAlchemy 2 (a dependency of the project)."""
@@ -66,6 +68,18 @@ class Server:
         subprocess.run([str(self.bin / "createdb"), "-h", HOST, "-p", str(self.port), "-U", "postgres", name],
                        check=True, capture_output=True, text=True, timeout=60)
         return self.url(name)
+
+    def start(self) -> None:
+        # -F: no fsync (a test server); -k: its socket in our folder, not /var/run/postgresql
+        options = f"-h {HOST} -p {self.port} -k {self.folder} -F -c max_connections=200"
+        _run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-l",
+                             str(self.folder / "server.log"), "-w", "-t", "60", "-o", options, "start"],
+             self.folder, "pg_ctl start")
+
+    def stop(self) -> None:
+        """Stop it (fast: clients are disconnected at once), as a restart of the database machine does."""
+        subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast",
+                                       "-w", "stop"], cwd=self.folder, capture_output=True, timeout=120)
 
 
 def _as_server_user(folder: Path) -> list[str]:
@@ -89,8 +103,9 @@ def _run(cmd: list[str], folder: Path, what: str) -> None:
         raise RuntimeError(f"{what} failed ({done.returncode}): {done.stdout}{done.stderr}{tail}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+@contextlib.contextmanager
+def serve():
+    """A started throwaway server (also used by benchmarks/chaos.py); skips (pytest.skip) without one."""
     bindir = server_bin()
     if bindir is None:
         pytest.skip(f"{NOT_INSTALLED}: no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH "
@@ -103,28 +118,28 @@ def postgres_server():
     folder = Path(tempfile.mkdtemp(prefix="recipe-sweep-pg-"))  # under /tmp, which any user can traverse
     try:
         as_user = _as_server_user(folder)
-        data = folder / "data"
-        _run(as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+        _run(as_user + [str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust",
                         "-E", "UTF8", "--no-sync"], folder, "initdb")
         for attempt in itertools.count():
-            port = free_port()
-            # -F: no fsync (a test server); -k: its socket in our folder, not /var/run/postgresql
-            options = f"-h {HOST} -p {port} -k {folder} -F -c max_connections=200"
+            server = Server(bindir, free_port(), folder, as_user)
             try:
-                _run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"),
-                                "-w", "-t", "60", "-o", options, "start"], folder, "pg_ctl start")
+                server.start()
                 break
             except RuntimeError:
                 if attempt == 2:  # not a port taken between free_port and the start
                     raise
-        server = Server(bindir, port, folder)
         try:
             yield server
         finally:
-            subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           cwd=folder, capture_output=True, timeout=120)
+            server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    with serve() as server:
+        yield server
 
 
 _databases = itertools.count()

@@ -258,3 +258,65 @@ def test_workers_starting_together_on_an_empty_postgres_keep_the_budget(write_sp
     assert codes == [0, 0, 0], (tmp_path / "workers.log").read_text()
     assert states(postgres_url) == {"COMPLETE": 5}  # the first enqueued the budget, the others only popped
     assert len({t.params["optim.lr"] for t in trials(postgres_url)}) == 5
+
+
+def _two_runs_at_once(path, args: list[str], cwd, delay: float = 1.0) -> list[subprocess.CompletedProcess]:
+    """Two `sweep run` of one spec started at the same instant, the window between counting
+    the trials and enqueueing widened to `delay` seconds (a test hook, study.WIDEN_ENV)."""
+    env = dict(os.environ, SWEEP_TEST_ENQUEUE_DELAY=str(delay))
+    procs = [subprocess.Popen(CLI + ["run", str(path), *args, "--quiet"], cwd=cwd, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def _each_point_once(url: str, grid) -> None:
+    everything = trials(url)
+    done = sorted(t.params["optim.lr"] for t in everything if t.state.name == "COMPLETE")
+    assert done == sorted(grid), states(url)  # every grid point ran, none twice
+    assert not [t for t in everything if t.state.name in ("WAITING", "RUNNING")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_two_runs_started_together_enqueue_the_grid_once_on_sqlite(write_spec, tmp_path, workers):
+    path = write_spec(grid_spec(GRID4, epochs=1, subset=128))
+    runs = tmp_path / "runs"
+    for done in _two_runs_at_once(path, ["--workers", workers, "--dir", str(runs)], tmp_path):
+        assert done.returncode == 0, done.stderr
+    _each_point_once(f"sqlite:///{runs / 'tiny.db'}", GRID4)
+
+
+def test_two_runs_started_together_enqueue_the_grid_once_on_postgres(write_spec, tmp_path, postgres_url):
+    path = write_spec(grid_spec(GRID4, epochs=1, subset=128))
+    args = ["--workers", "2", "--storage", postgres_url, "--dir", str(tmp_path / "runs")]
+    for done in _two_runs_at_once(path, args, tmp_path):
+        assert done.returncode == 0, done.stderr
+    _each_point_once(postgres_url, GRID4)
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(write_spec, tmp_path):
+    path = write_spec(grid_spec(GRID4[:2], epochs=1, subset=128))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    url = f"sqlite:///{runs / 'tiny.db'}"
+    spec = load_spec(path)
+    study = open_study(spec, url)[0]
+    prepare(study, spec, slots=False)
+    popped = study.ask()  # WAITING -> RUNNING, as a worker pops it; it dies before its heartbeat thread starts
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # popped a minute ago (study.UNBEATEN_S is 20 s)
+        conn.execute(sqlalchemy.text("UPDATE trials SET datetime_start = :t WHERE trial_id = :i"),
+                     {"t": "2000-01-01 00:00:00", "i": popped._trial_id})
+    engine.dispose()
+    done = subprocess.run(CLI + ["run", str(path), "--workers", "1", "--dir", str(runs), "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2/2 trials finished" in done.stdout
+    dead = next(t for t in trials(url) if t.number == popped.number)
+    assert dead.state.name == "FAIL" and "error" not in dead.user_attrs  # interrupted ...
+    retry = [t for t in trials(url) if t.user_attrs.get("retried") == popped.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"  # ... and retried once
+    _each_point_once(url, GRID4[:2])
