@@ -8,6 +8,7 @@ instead of a sweep.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 ENQUEUED = "fixed_params"   # optuna: the system attr in which enqueue_trial stores a WAITING trial's params
@@ -102,3 +103,32 @@ def running_without_heartbeat(study) -> list[int]:
                         ~models.TrialModel.heartbeats.any())
                 .all())
     return [r[0] for r in rows]
+
+
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray: 0 keeps a node on 127.0.0.1
+
+
+@contextlib.contextmanager
+def ray_single_machine():
+    """Within it, `ray.init` starts a node whose every server listens on 127.0.0.1.
+
+    On Linux Ray takes the machine's address as the node IP and its servers
+    listen on every interface; its single-machine mode (the default on macOS
+    and Windows, `ray._private.ray_constants.ENABLE_RAY_CLUSTER` false) uses
+    127.0.0.1. Ray reads the switch once, at import: the constant for this
+    process, the variable for the processes ray.init starts; both are put
+    back after.
+    """
+    from ray._private import ray_constants
+
+    was, before = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(SINGLE_MACHINE_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
+        if before is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = before

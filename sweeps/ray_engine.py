@@ -526,22 +526,12 @@ class RayEngine:
 # Ray clusters are off (its default on macOS and Windows) the node's IP is
 # 127.0.0.1 and every server binds loopback only. `ray.init(_node_ip_address=
 # "127.0.0.1")` does not do it: Ray swaps a loopback address for the machine's.
-SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def start_local_ray(num_cpus: int | None, quiet: bool = True) -> None:
     """A Ray instance of the sweep's own, every port of its processes on loopback."""
-    from ray._private import ray_constants
-    # Ray reads the variable once, at import: the constant for this process, the
-    # variable for the processes ray.init starts (inherited, restored after).
-    was = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        with _env(**{SINGLE_MACHINE_ENV: "0"}):
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=not quiet)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = was
+    with compat.ray_single_machine():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=not quiet)
     address = ray.util.get_node_ip_address()
     if not _loopback(address):  # a Ray release that picks the node's IP another way
         ray.shutdown()

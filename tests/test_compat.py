@@ -1,6 +1,8 @@
 """Each private third-party API in sweeps/compat.py still behaves as relied on (one test per use)."""
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 
@@ -54,3 +56,13 @@ def test_searcher_has_trial_knows_the_trials_optuna_search_suggested():
     assert not compat.searcher_has_trial(searcher, "a")
     assert "x" in searcher.suggest("a")
     assert compat.searcher_has_trial(searcher, "a") and not compat.searcher_has_trial(searcher, "b")
+
+
+def test_ray_single_machine_switches_ray_s_cluster_constant_and_puts_it_back():
+    pytest.importorskip("ray")
+    from ray._private import ray_constants
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    assert isinstance(before, bool)  # Ray still has the switch (its loopback test is in test_ray_security.py)
+    with compat.ray_single_machine():
+        assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[compat.SINGLE_MACHINE_ENV] == "0"
+    assert ray_constants.ENABLE_RAY_CLUSTER is before and compat.SINGLE_MACHINE_ENV not in os.environ
