@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import sqlalchemy.exc
 
+from search_spaces import read, valid_name
 from sweeps import record
 from sweeps.storage import DEFAULT_DIR, password, resolve, shown, sqlite_file
 from trainable.errors import UserError
@@ -52,11 +53,13 @@ def sweep_name(name_or_spec) -> str:
         return name_or_spec.name
     text = str(name_or_spec)
     if text.endswith((".yaml", ".yml")) and Path(text).is_file():
-        import yaml
-        data = yaml.safe_load(Path(text).read_text()) or {}
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            return data["name"]
-        raise SweepNotFound(f"{text}: the spec has no name; fix: add `name: ...` to it")
+        data, _, _ = read.read(read.text_of(Path(text).read_bytes(), text), text)  # bounded; a SpecError is one line
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise SweepNotFound(f"{text}: the spec has no name; fix: add `name: ...` to it")
+        text = data["name"]
+    if not valid_name(text):  # it becomes file names under --dir
+        raise SweepNotFound(f"{text[:100]!r} is not a sweep name (at most 100 letters, digits, '_', '-' or '.'); "
+                            "fix: give the name of a sweep or its spec file")
     return text
 
 

@@ -32,6 +32,11 @@ TOP_KEYS = ("name", "engine", "seeds", *BLOCKS, "base", "variants", "space", "pr
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # it names files: no path, no newline, short
 
 
+def valid_name(name) -> bool:
+    """A sweep's name: it becomes file names under --dir, so no path, no newline, short."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
 def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None, context=None,
               every_preset: bool = False) -> SweepSpec:
     """Read a spec file, apply a preset and `key=value` overrides, validate it.
@@ -135,7 +140,7 @@ def _validate(raw: dict, where: Where) -> SweepSpec:
         if key not in TOP_KEYS:
             raise _unknown(where, (key,), str(key), TOP_KEYS)
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    if not valid_name(name):
         raise where.error(("name",), f"needs a name of at most 100 letters, digits, '_', '-' or '.' (starting "
                           f"with a letter or digit), got {_shown(repr(name))}",
                           "add e.g. `name: my_sweep` (it names the study and its storage file)", key="name")

@@ -66,3 +66,17 @@ def test_ray_single_machine_switches_ray_s_cluster_constant_and_puts_it_back():
     with compat.ray_single_machine():
         assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[compat.SINGLE_MACHINE_ENV] == "0"
     assert ray_constants.ENABLE_RAY_CLUSTER is before and compat.SINGLE_MACHINE_ENV not in os.environ
+
+
+def test_rdb_storage_reaches_the_sqlalchemy_engine(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    assert compat.rdb_storage(study).engine.dialect.name == "sqlite"
+
+
+def test_running_without_heartbeat_lists_a_running_trial_until_it_beats(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    assert compat.running_without_heartbeat(study) == [trial._trial_id]
+    storage.record_heartbeat(trial._trial_id)
+    assert compat.running_without_heartbeat(study) == []

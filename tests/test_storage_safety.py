@@ -195,3 +195,22 @@ def test_a_full_disk_fails_the_trial_stops_the_sweep_and_the_rerun_resumes(write
     assert retry.state.name == "COMPLETE" and retry.params == t.params
     assert [c["epoch"] for c in retry.user_attrs["curve.0"]] == [1, 2, 3]  # resumed from epoch 1's checkpoint
     assert retry.user_attrs["curve.0"][0] == t.user_attrs["curve.0"][0]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["status", "../../etc/x"], "is not a sweep name"),
+    (["report", "a\nb"], "is not a sweep name"),
+])
+def test_a_name_that_would_leave_dir_is_refused(argv, fragment, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv, "--dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and fragment in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert not list(tmp_path.parent.glob("*report.html"))
+
+
+def test_status_of_a_spec_file_that_is_not_yaml_is_one_line(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: [\n")
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "status", str(spec)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "not valid YAML" in out.stderr and "Traceback" not in out.stderr, out.stderr
