@@ -16,12 +16,14 @@ def counts(result: dict) -> dict:
     return {k: result[k] for k in chaos.COUNTS}
 
 
+@pytest.mark.slow
 def test_two_kills_of_sweep_run_on_sqlite_lose_and_repeat_nothing(tmp_path):
     result = chaos.kill_runs(tmp_path, None, kills=2, rng=random.Random(1), tag="t")
     assert result["kills"] == 2 and result["orphans"] == 0 and result["failed_finals"] == 0, result
     assert counts(result) == ZERO, result
 
 
+@pytest.mark.slow  # the default tests race two runs in test_workers.py
 def test_two_runs_started_together_run_each_grid_point_once(tmp_path):
     result = chaos.races(tmp_path, None, 1, tag="t")
     assert result["failed_runs"] == 0 and counts(result) == ZERO, result

@@ -280,7 +280,7 @@ def _each_point_once(url: str, grid) -> None:
     assert not [t for t in everything if t.state.name in ("WAITING", "RUNNING")]
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_two_runs_started_together_enqueue_the_grid_once_on_sqlite(write_spec, tmp_path, workers):
     path = write_spec(grid_spec(GRID4, epochs=1, subset=128))
     runs = tmp_path / "runs"
@@ -289,6 +289,7 @@ def test_two_runs_started_together_enqueue_the_grid_once_on_sqlite(write_spec, t
     _each_point_once(f"sqlite:///{runs / 'tiny.db'}", GRID4)
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_enqueue_the_grid_once_on_postgres(write_spec, tmp_path, postgres_url):
     path = write_spec(grid_spec(GRID4, epochs=1, subset=128))
     args = ["--workers", "2", "--storage", postgres_url, "--dir", str(tmp_path / "runs")]
