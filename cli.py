@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -80,11 +81,18 @@ def cmd_run(args) -> int:
 
 def cmd_worker(args) -> int:
     import sweeps
+    from sweeps.gpus import VISIBLE
     from sweeps.record import worker_id
     from sweeps.storage import shown
-    from sweeps.workers import join
+    from sweeps.workers import auto_workers, join, join_many
+    if args.gpus:  # before anything starts CUDA: its trials see only these
+        os.environ[VISIBLE] = ",".join(args.gpus)
     spec = _load(args, worker=True)
     url = sweeps.resolve(spec.name, args.storage, args.dir, create=True)
+    workers = auto_workers(spec) if args.workers is None else args.workers
+    if workers > 1:
+        print(f"{workers} workers join sweep {spec.name!r}: results in {shown(url)}", flush=True)
+        return join_many(spec, url, args.dir, workers, args.threads)
     print(f"worker {worker_id()} joins sweep {spec.name!r}: results in {shown(url)}", flush=True)
     summary = join(spec, url, run_dir=args.dir, threads=args.threads)
     _print_summary(spec, summary)
@@ -146,6 +154,14 @@ def _workers(text: str) -> int | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; use e.g. 2, or auto") from None
+
+
+def _gpus(text: str) -> list[str]:
+    from sweeps.gpus import parse
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parse_sets(sets: list[str], example: str) -> dict:
@@ -251,6 +267,11 @@ def parser() -> argparse.ArgumentParser:
     _where(p)
     p.add_argument("--threads", type=int, help="torch CPU threads for trials that do not set train.threads "
                    "(default: torch's, all cores)")
+    p.add_argument("--gpus", type=_gpus, metavar="LIST", help="the GPUs this machine's workers may use, e.g. 0,1 "
+                   "(as CUDA_VISIBLE_DEVICES names them; default: every visible one)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="worker processes to start here, spread over the GPUs (auto: 1/resources.gpu per GPU, "
+                        "or per resources.cpu cores on CPUs); default 1")
     p.add_argument("--preset", help="apply a named preset of the spec (the same as the sweep's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (a worker never shows one: it prints "
                    "a line per trial it finishes)")

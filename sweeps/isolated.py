@@ -17,6 +17,7 @@ from typing import Any
 
 from search_spaces import SweepSpec
 from trainable import TrialError
+from trainable.errors import OutOfMemory, device_failure
 
 from . import record
 from .trial import run_seeds
@@ -41,7 +42,10 @@ class _Pruned(Exception):
 
 
 def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool,
-           adopt: bool) -> None:
+           adopt: bool, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)  # the worker's (a trial's own train.threads still wins)
+
     def on_epoch(epoch, per_seed):
         conn.send(("epoch", epoch, [dict(m) for m in per_seed]))
         if conn.recv() == "prune":
@@ -54,11 +58,14 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
     except _Pruned:
         conn.send(("pruned",))
     except TrialError as e:
-        conn.send(("failed", str(e)))
+        conn.send(("failed", str(e), isinstance(e, OutOfMemory)))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent handles it
         pass
-    except BaseException as e:  # a bug: its text goes to the engine, which records it
-        conn.send(("bug", record.bug_text(e)))
+    except BaseException as e:
+        if (failure := device_failure(e)) is not None:  # CUDA failed: this process ends, the worker goes on
+            conn.send(("failed", str(failure), isinstance(failure, OutOfMemory)))
+        else:  # a bug: its text goes to the engine, which records it
+            conn.send(("bug", record.bug_text(e)))
 
 
 def run(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable, on_run: Callable[[list[dict]], None], *,
@@ -77,11 +84,13 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
                        on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...],
                        checkpoint_dir: str | Path | None, save_first: bool, adopt: bool) -> float:
     """`run_seeds` in a spawned process, with the same callbacks and outcomes."""
+    import torch
     spawn = mp.get_context("spawn")  # a fresh interpreter: nothing of this process's CUDA state
     parent, child = spawn.Pipe()
     proc = spawn.Process(
         target=_child,
-        args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first, adopt),
+        args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first, adopt,
+              torch.get_num_threads()),
         daemon=True, name="sweep-trial")
     proc.start()
     child.close()
@@ -112,7 +121,7 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
             elif kind == "pruned" and stopped is not None:
                 raise stopped
             elif kind == "failed":
-                raise TrialError(rest[0])
+                raise (OutOfMemory if rest[1] else TrialError)(rest[0])
             else:
                 raise RuntimeError(rest[0] if rest else f"unexpected message {kind!r} from the trial's process")
     finally:

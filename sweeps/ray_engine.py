@@ -166,8 +166,10 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
 
     final: dict[str, Any] = {FINAL: 1}
     try:
+        # A trial Ray gave no GPU trains on the CPU: Ray leaves GPUs visible to zero-GPU actors,
+        # and a trial on one it has not accounted for would crowd the trials it gave that GPU.
         final[metric] = run_seeds(spec, values, on_epoch, on_run, pruned=(SystemExit,), checkpoint_dir=local,
-                                  save_first=True, adopt=True)
+                                  save_first=True, adopt=True, device="cpu" if spec.resources.gpu == 0 else None)
     except TrialError as e:
         final[ERROR] = str(e)
     except Exception as e:  # a bug: recorded like the Optuna engine records it, and the sweep goes on
@@ -179,6 +181,12 @@ def train_trial(config: dict[str, Any], spec: SweepSpec, cwd: str) -> None:
         final[metric] = median_metrics([c[-1] for c in curves]).get(metric, _worst(spec)) \
             if curves and all(curves) else _worst(spec)
     tune.report({**first, **final, record.EPOCH: last, RUNS: json.dumps(runs), CURVES: json.dumps(curves)})
+
+
+def _devices(spec: SweepSpec) -> set:
+    """Every train.device a trial of the sweep can have."""
+    return {spec.base.train.device} | {v for p in spec.space if p.key == "train.device"
+                                       for v in getattr(p.dist, "tried", tuple)()}
 
 
 def _last_epoch(curves: list[list[dict]]) -> int:
@@ -435,6 +443,9 @@ class RayEngine:
         """What the Ray engine refuses in a spec (sweeps.check runs it before anything starts)."""
         sampling.check(spec)
         ray_schedulers.check(spec)
+        if spec.resources.gpu == 0 and (cuda := next((d for d in _devices(spec) if str(d).startswith("cuda")), None)):
+            raise spec.error(("resources", "gpu"), f"0 gives Ray's trials no GPU, and train.device is {cuda}",
+                             "set resources.gpu (e.g. 1, or 0.5 to pack two trials on a GPU), or train.device auto")
 
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         with private_files():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -17,9 +18,11 @@ import torch
 
 from search_spaces import SweepSpec
 from trainable import TrialError
-from trainable.run import Training, cpu_threads, out_of_memory_fails_the_trial
+from trainable.config import with_key
+from trainable.errors import OutOfMemory, release_device_memory
+from trainable.run import Training, cpu_threads, out_of_memory_fails_the_trial, resolve_device
 
-from . import record
+from . import gpus, record
 
 EpochHook = Callable[[int, Sequence[Mapping[str, float]]], None]
 """(epoch, each seed's metrics); may raise the engine's prune exception."""
@@ -41,7 +44,8 @@ def median_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
               on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...] = (),
-              checkpoint_dir: str | Path | None = None, save_first: bool = False, adopt: bool = False) -> float:
+              checkpoint_dir: str | Path | None = None, save_first: bool = False, adopt: bool = False,
+              device: str | None = None) -> float:
     """Train `values` once per seed, side by side; the objective is the median over seeds.
 
     `on_run(runs)` gets one row per seed when the trial ends (complete, pruned,
@@ -52,10 +56,38 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
     them to its report), else after it (the Optuna engine records first).
     A checkpoint there of another config is left alone (Training.load) unless
     `adopt`: Ray hands a trial only its own or, under PBT, its donor's.
+    `device` replaces train.device auto (Ray: a trial given no GPU trains on the CPU).
+    A trial that shares its GPU (0 < resources.gpu < 1) takes its share of the GPU's
+    memory, and one that runs out of it is run again, once, with the GPU to itself.
     isolated.run runs it here or in a fresh process.
     """
     configs = [spec.config(dict(values), i) for i in range(spec.seeds)]
-    paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(spec.seeds)] if checkpoint_dir else None
+    if device is not None and configs[0].train.device == "auto":
+        configs = [with_key(cfg, "train.device", device) for cfg in configs]
+    args = (configs, spec.objective.metric, on_epoch, on_run, pruned, checkpoint_dir, save_first, adopt)
+    where = resolve_device(configs[0].train.device)
+    gpu = gpus.shared_gpu(spec.resources.gpu, where)
+    if gpu is None:
+        return _run(*args)
+    with gpus.turn(gpu, alone=False):
+        gpus.cap_memory(spec.resources.gpu, where)
+        try:
+            return _run(*args)
+        except OutOfMemory as e:
+            reason = str(e)
+    print(f"warning: a trial ran out of memory beside others on GPU {gpu} ({reason}); "
+          "running it again with the GPU to itself", file=sys.stderr, flush=True)
+    with gpus.turn(gpu, alone=True):
+        gpus.cap_memory(1.0, where)
+        try:
+            return _run(*args)
+        finally:
+            gpus.cap_memory(spec.resources.gpu, where)
+
+
+def _run(configs, metric: str, on_epoch: EpochHook, on_run: Callable[[list[dict]], None],
+         pruned: tuple[type[BaseException], ...], checkpoint_dir, save_first: bool, adopt: bool) -> float:
+    paths = [Path(checkpoint_dir) / f"seed{i}.pt" for i in range(len(configs))] if checkpoint_dir else None
     runs: list[Training] = []
     with cpu_threads(configs[0].train.threads):
         try:
@@ -69,10 +101,13 @@ def run_seeds(spec: SweepSpec, values: Mapping[str, Any], on_epoch: EpochHook,
                         for i, cfg in enumerate(configs)])
                 if not (error or "").startswith(record.DISK_FULL):  # kept: the retry resumes from them
                     _clean(checkpoint_dir)
+            if isinstance(e, OutOfMemory):  # the runs hold the models: drop them before the cache is emptied
+                runs.clear()
+                release_device_memory()
             raise
     on_run([record.complete_row(cfg.train.seed, res) for cfg, res in zip(configs, results)])
     _clean(checkpoint_dir)
-    return statistics.median(res[spec.objective.metric] for res in results)
+    return statistics.median(res[metric] for res in results)
 
 
 def _advance(configs, runs: list[Training], paths, on_epoch: EpochHook, save_first: bool,

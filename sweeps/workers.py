@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search_spaces import SweepSpec
 
-from . import optuna_work, study as studies
+from . import gpus, optuna_work, study as studies
 from .base import RunOptions, RunSummary, SweepError, check
 from .progress import Progress
 
@@ -52,13 +52,13 @@ def auto_workers(spec: SweepSpec) -> int:
     On CPUs each trial gets `resources.cpu` cores and as many run at once as
     fit: small models do not scale across threads, so several 1-thread trials
     side by side train more images/s in sum than one trial on every core
-    (BENCHMARKS.md has the figures). On a GPU, 1 / resources.gpu trials share it (one when
-    resources.gpu is 0 or 1). Never more than the trial budget.
+    (BENCHMARKS.md has the figures). With GPUs, 1 / resources.gpu trials to each visible
+    GPU (one when resources.gpu is 0 or 1). Never more than the trial budget.
     """
     import torch
-    if spec.resources.gpu > 0 or torch.cuda.is_available():
-        share = spec.resources.gpu
-        n = int(1 / share) if 0 < share < 1 else 1
+    count = len(gpus.visible()) if torch.cuda.is_available() else 0
+    if spec.resources.gpu > 0 or count:
+        n = max(1, count) * gpus.per_gpu(spec.resources.gpu)
     else:
         n = (os.cpu_count() or 1) // max(1, math.ceil(spec.resources.cpu))
     return max(1, min(n, spec.trials or n, AUTO_MAX))
@@ -114,6 +114,42 @@ def _die_with_parent() -> None:
         pass
 
 
+def _gpu_plan(workers: int) -> list[str | None]:
+    import torch
+    return gpus.spread(workers, gpus.visible() if torch.cuda.is_available() else [])
+
+
+def start(job: dict, plan: list[str | None], quiet_children: bool = True) -> list[subprocess.Popen]:
+    """One worker process per entry of `plan`, each seeing only its GPU (None: no GPU)."""
+    data = pickle.dumps(job)
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # the workers import this checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    procs: list[subprocess.Popen] = []
+    try:
+        for gpu in plan:
+            # Each in its own session: Ctrl-C reaches the workers once, forwarded from here.
+            proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL if quiet_children else None,
+                                    env=gpus.pinned(env, gpu), start_new_session=True, preexec_fn=_die_with_parent)
+            procs.append(proc)
+            try:
+                proc.stdin.write(data)
+                proc.stdin.close()
+            except BrokenPipeError:  # it died at start; its error is on stderr, the exit code later
+                pass
+    except BaseException:
+        _stop(procs)
+        raise
+    return procs
+
+
+def _placement(plan: list[str | None]) -> str:
+    if not any(plan):
+        return f"{threads_per_worker(len(plan))} thread(s) each"
+    return "on GPU " + ", ".join(f"{gpu}" for gpu in plan)
+
+
 def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     """`sweep run --workers N`: prepare, start N workers, show their progress, wait for them."""
     study, _ = optuna_work.open_study(spec, options.storage)
@@ -126,27 +162,15 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     progress = Progress(spec, budget, before.finished, quiet=options.quiet)
     if before.best_number is not None:  # the progress lines show the best so far, earlier runs included
         progress.best = (before.best_value, before.best_number)
-    job = pickle.dumps({"spec": spec, "storage": options.storage, "run_dir": str(Path(options.run_dir).resolve()),
-                        "threads": threads_per_worker(options.workers)})
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the workers import this checkout
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    plan = _gpu_plan(options.workers)
+    job = {"spec": spec, "storage": options.storage, "run_dir": str(Path(options.run_dir).resolve()),
+           "threads": threads_per_worker(options.workers)}
     procs: list[subprocess.Popen] = []
     interrupted = False
     try:
-        for _ in range(options.workers):
-            # Each in its own session: Ctrl-C reaches the workers once, forwarded from here.
-            proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, env=env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
-            procs.append(proc)
-            try:
-                proc.stdin.write(job)
-                proc.stdin.close()
-            except BrokenPipeError:  # it died at start; its error is on stderr, the exit code below
-                pass
+        procs = start(job, plan)
         if not options.quiet:
-            progress.write(f"{options.workers} workers, {threads_per_worker(options.workers)} thread(s) each")
+            progress.write(f"{options.workers} workers, {_placement(plan)}")
         _watch(study, spec, procs, progress)
     except KeyboardInterrupt:
         interrupted = True
@@ -166,6 +190,24 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
             raise SweepError(f"every worker failed before the budget ({result.finished}/{budget} trials "
                              "finished); fix: see the errors above, then run the same command again to resume")
     return result
+
+
+def join_many(spec: SweepSpec, storage: str, run_dir: str | Path, workers: int, threads: int | None) -> int:
+    """`sweep worker --workers N`: N joining workers on this machine, spread over its visible GPUs;
+    each prints its own lines. Returns 130 when stopped by Ctrl-C, else 0 (1 if every worker failed)."""
+    plan = _gpu_plan(workers)
+    job = {"spec": spec, "storage": storage, "run_dir": str(Path(run_dir).resolve()),
+           "threads": threads or threads_per_worker(workers)}
+    print(f"{workers} workers, {_placement(plan)}", flush=True)
+    procs = start(job, plan, quiet_children=False)
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        _stop(procs)
+        return 130
+    codes = [p.returncode for p in procs]
+    return 1 if all(c not in (0, 130, -signal.SIGINT) for c in codes) else 0
 
 
 def _watch(study: optuna.Study, spec: SweepSpec, procs: list[subprocess.Popen], progress: Progress) -> None:

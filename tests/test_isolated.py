@@ -8,6 +8,8 @@ import signal
 import optuna
 import pytest
 
+from trainable import metrics
+
 import sweeps
 from conftest import tiny_spec
 from search_spaces import load_spec
@@ -32,7 +34,7 @@ def test_an_isolated_sweep_records_what_an_in_process_sweep_records(write_spec, 
     in_process = grid_sweep(write_spec, tmp_path, "never")
     good, bad, flat = isolated[0.05], isolated[1.0e8], isolated[1.0e-9]
     assert good.state.name == "COMPLETE" and good.value == in_process[0.05].value  # CPU training is deterministic
-    untimed = [{k: v for k, v in c.items() if k not in ("images_per_s", "epoch_time_s")}
+    untimed = [{k: v for k, v in c.items() if k not in metrics.TIMED}
                for c in (good.user_attrs["curve.0"][0], in_process[0.05].user_attrs["curve.0"][0])]
     assert untimed[0] == untimed[1]
     assert good.user_attrs["runs"][0]["state"] == "complete"

@@ -208,11 +208,12 @@ class TrainBatches:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
-                 normalize: Normalize, gen: torch.Generator, out_size: int | None = None):
+                 normalize: Normalize, gen: torch.Generator, out_size: int | None = None, padded: bool = False):
+        """`padded`: x is already padded by augment.crop_padding (the caller shares one padded copy)."""
         self.pad, self.flip = cfg.crop_padding, cfg.flip
         self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
-        self.size = tuple(x.shape[2:])
-        self.x = pad_images(x, self.pad, cfg.pad_mode, cfg.pad_fill) if self.pad else x
+        self.size = tuple(d - (2 * self.pad if padded else 0) for d in x.shape[2:])
+        self.x = pad_images(x, self.pad, cfg.pad_mode, cfg.pad_fill) if self.pad and not padded else x
         self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
         self.repeated = cfg.repeated
         self.policy = POLICIES.get(cfg.policy.name)(cfg.policy) if cfg.policy.name != "none" else None

@@ -45,22 +45,57 @@ class OutOfMemory(TrialError):
     """The trial's model or batch does not fit in the device's memory."""
 
 
-def is_out_of_memory(error: BaseException) -> bool:
+class DeviceFailure(TrialError):
+    """CUDA failed for this trial (a device-side assert, an invalid device, a library error)."""
+
+
+# Texts by which CUDA and its libraries report a failure, and which of them mean "no memory left".
+OUT_OF_MEMORY_TEXTS = ("out of memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+DEVICE_TEXTS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "invalid device ordinal",
+                "device-side assert", "CUDA driver", "NCCL error")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def out_of_memory(error: BaseException) -> OutOfMemory | None:
+    """The trial error for an allocator failure (host or device), or None for any other error."""
     import torch
 
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
     text = str(error)
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)) or \
+            (isinstance(error, RuntimeError) and any(t in text for t in OUT_OF_MEMORY_TEXTS)):
+        return OutOfMemory(f"out of memory: {_first_line(error)}")
+    return None
 
 
-def out_of_memory(error: BaseException) -> OutOfMemory:
-    """The trial error for an allocator failure, after freeing what the device cache holds."""
+def device_failure(error: BaseException) -> TrialError | None:
+    """The trial error for any CUDA failure (out of memory included), or None for other errors.
+
+    A trial in a process of its own fails with it; in a process that goes on to
+    other trials only out of memory is safe to survive (a device-side assert
+    leaves the CUDA context unusable).
+    """
+    import torch
+
+    if (oom := out_of_memory(error)) is not None:
+        return oom
+    accelerator = getattr(torch, "AcceleratorError", ())
+    if isinstance(error, accelerator) or \
+            (isinstance(error, RuntimeError) and any(t in str(error) for t in DEVICE_TEXTS)):
+        return DeviceFailure(f"CUDA failure: {_first_line(error)}")
+    return None
+
+
+def release_device_memory() -> None:
+    """Give the device cache back once nothing references the trial's tensors any more."""
     import gc
 
     import torch
 
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    return OutOfMemory(f"out of memory: {str(error).splitlines()[0][:200]}")

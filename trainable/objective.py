@@ -17,8 +17,10 @@ from .config import Augment, Train
 from . import registries
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# (batch, soft targets, strength, host rng) -> (mixed batch, mixed targets, what was drawn)
-Mixer = Callable[[torch.Tensor, torch.Tensor, float, np.random.Generator],
+# (batch, soft targets, strength, host rng, device generator) -> (mixed batch, mixed targets, what was drawn).
+# Scalars (lam, boxes) come from the host rng, permutations from the generator on the batch's device:
+# neither waits for the device.
+Mixer = Callable[[torch.Tensor, torch.Tensor, float, np.random.Generator, torch.Generator],
                  tuple[torch.Tensor, torch.Tensor, dict]]
 
 LOSSES, MIXERS = registries.LOSSES, registries.MIXERS
@@ -37,20 +39,20 @@ def binary_cross_entropy(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, t)
 
 
-def _perm(rng: np.random.Generator, n: int, device) -> torch.Tensor:
-    return torch.from_numpy(rng.permutation(n)).to(device)
+def _perm(gen: torch.Generator, n: int) -> torch.Tensor:
+    return torch.randperm(n, device=gen.device, generator=gen)
 
 
 @MIXERS.register("mixup")
-def mixup(x, t, alpha, rng):
+def mixup(x, t, alpha, rng, gen):
     """Mixup (Zhang et al. 2018): a convex combination of image pairs and of their targets."""
     lam = float(rng.beta(alpha, alpha))
-    perm = _perm(rng, len(x), x.device)
+    perm = _perm(gen, len(x))
     return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm], {"lam": lam, "perm": perm}
 
 
 @MIXERS.register("cutmix")
-def cutmix(x, t, alpha, rng):
+def cutmix(x, t, alpha, rng, gen):
     """CutMix (Yun et al. 2019): paste a box of another image; targets weighted by pixel share.
 
     The box of area share 1 - lam is clipped at the border, so lam is recomputed
@@ -63,7 +65,7 @@ def cutmix(x, t, alpha, rng):
     cy, cx = int(rng.integers(h)), int(rng.integers(w))
     y1, y2 = (int(v) for v in np.clip([cy - cut[0] // 2, cy - cut[0] // 2 + cut[0]], 0, h))
     x1, x2 = (int(v) for v in np.clip([cx - cut[1] // 2, cx - cut[1] // 2 + cut[1]], 0, w))
-    perm = _perm(rng, len(x), x.device)
+    perm = _perm(gen, len(x))
     x = x.clone()
     x[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
     lam = 1 - (y2 - y1) * (x2 - x1) / (h * w)
@@ -71,7 +73,7 @@ def cutmix(x, t, alpha, rng):
 
 
 @MIXERS.register("ricap")
-def ricap(x, t, beta, rng):
+def ricap(x, t, beta, rng, gen):
     """RICAP (Takahashi et al. 2018): four random crops of four images tile the output.
 
     A boundary point (bw, bh) splits the image into four rectangles; each is a
@@ -84,7 +86,7 @@ def ricap(x, t, beta, rng):
     out, mixed = torch.empty_like(x), torch.zeros_like(t)
     perms, offsets, weights = [], [], []
     for top, left, ph, pw in tiles:  # (top, left, height, width) in the output
-        perm = _perm(rng, len(x), x.device)
+        perm = _perm(gen, len(x))
         oy, ox = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
         out[:, :, top:top + ph, left:left + pw] = x[perm, :, oy:oy + ph, ox:ox + pw]
         weight = ph * pw / (h * w)
@@ -134,7 +136,7 @@ class Objective:
             name, strength, prob = self.mixers[int(self.rng.integers(len(self.mixers)))]
             if self.rng.random() < prob:
                 fmt = _memory_format(x)
-                x, t, drawn = MIXERS.get(name)(x, t, strength, self.rng)
+                x, t, drawn = MIXERS.get(name)(x, t, strength, self.rng, self.gen)
                 x = x.contiguous(memory_format=fmt)
                 self.last = {"mixer": name, **drawn}
         return x, t * (1 - self.eps) + self.eps / self.num_classes

@@ -7,7 +7,7 @@ Trust ratios stay tensors on the parameters' device: no host sync per step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,10 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 # ---- optimizers written from the papers -----------------------------------
+# Each step is a fixed number of foreach kernels over all of a group's tensors, whatever
+# their number. Under fp16 they take the GradScaler's verdict on the device (found_inf)
+# and skip a step with inf/NaN gradients there, as torch's fused optimizers do, so the
+# scaler never reads a value back to the host.
 
 def _closure_loss(closure):
     if closure is None:
@@ -31,13 +35,35 @@ def _closure_loss(closure):
         return closure()
 
 
-def _with_grad(group: dict, kind: str) -> Iterator[torch.Tensor]:
-    for p in group["params"]:
-        if p.grad is None:
-            continue
-        if p.grad.is_sparse:
-            raise RuntimeError(f"{kind} does not support sparse gradients")
-        yield p
+def _with_grads(group: dict, kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    params = [p for p in group["params"] if p.grad is not None]
+    if any(p.grad.is_sparse for p in params):
+        raise RuntimeError(f"{kind} does not support sparse gradients")
+    return params, [p.grad for p in params]
+
+
+def _scaled(opt: torch.optim.Optimizer, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """(gradients, keep): keep is None without a GradScaler; with one, a 0-d tensor, 0 when
+    this step is to be skipped, and the gradients are unscaled and zero where it is."""
+    found = getattr(opt, "found_inf", None)
+    if found is None:
+        return grads, None
+    if (scale := getattr(opt, "grad_scale", None)) is not None:  # not unscaled by the caller
+        grads = torch._foreach_div(grads, scale)
+    skip = found > 0
+    # No foreach `where`: zero the gradients one tensor at a time (fp16 only; inf * 0 would be NaN).
+    return [torch.where(skip, 0, g) for g in grads], (~skip).to(grads[0].dtype)
+
+
+def _state(opt: torch.optim.Optimizer, params: list[torch.Tensor], name: str) -> list[torch.Tensor]:
+    """Each parameter's state tensor `name`, zeros at the first step."""
+    out = []
+    for p in params:
+        state = opt.state[p]
+        if name not in state:
+            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        out.append(state[name])
+    return out
 
 
 def _trust_ratio(w_norm: torch.Tensor, other_norm: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -45,15 +71,31 @@ def _trust_ratio(w_norm: torch.Tensor, other_norm: torch.Tensor, ratio: torch.Te
     return torch.where((w_norm > 0) & (other_norm > 0), ratio, torch.ones_like(ratio))
 
 
-def _adam_moments(state: dict, p: torch.Tensor, grad: torch.Tensor, beta1: float, beta2: float):
-    """Update and return Adam's first and second moments and the step count of one parameter."""
-    if not state:
-        state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-    state["step"] += 1
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    return m, v, state["step"]
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm(tensors))
+
+
+def _adam_moments(opt: torch.optim.Optimizer, params, grads, beta1: float, beta2: float, keep):
+    """Update Adam's moments in place; yield (step count, params, first and second moments)
+    for each step count (the parameters of a group share one, unless some had no gradient)."""
+    steps = []
+    for p in params:
+        state = opt.state[p]
+        state["step"] = state.get("step", 0) + 1
+        steps.append(state["step"])
+    m, v = _state(opt, params, "exp_avg"), _state(opt, params, "exp_avg_sq")
+    if keep is None:
+        b1, b2, g = beta1, beta2, grads
+    else:  # a skipped step leaves the moments as they were
+        b1, b2 = 1 - keep * (1 - beta1), 1 - keep * (1 - beta2)
+        g = torch._foreach_mul(grads, keep)
+    torch._foreach_mul_(m, b1)
+    torch._foreach_add_(m, g, alpha=1 - beta1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+    for t in sorted(set(steps)):
+        pick = [i for i, s in enumerate(steps) if s == t]
+        yield t, [params[i] for i in pick], [m[i] for i in pick], [v[i] for i in pick]
 
 
 class AdaBound(torch.optim.Optimizer):
@@ -63,6 +105,8 @@ class AdaBound(torch.optim.Optimizer):
     code, final_lr follows the lr schedule (times lr / base_lr, base_lr being the
     group's lr when added) and weight decay is L2, added to the gradient.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), final_lr: float = 0.1,
                  gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0.0):
@@ -80,17 +124,29 @@ class AdaBound(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = _closure_loss(closure)
         for group in self.param_groups:
+            params, grads = _with_grads(group, "AdaBound")
+            if not params:
+                continue
+            grads, keep = _scaled(self, grads)
             beta1, beta2 = group["betas"]
             lr, gamma, wd = group["lr"], group["gamma"], group["weight_decay"]
             final_lr = group["final_lr"] * lr / group["base_lr"]
-            for p in _with_grad(group, "AdaBound"):
-                grad = p.grad.add(p, alpha=wd) if wd else p.grad
-                m, v, t = _adam_moments(self.state[p], p, grad, beta1, beta2)
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            for t, ps, m, v in _adam_moments(self, params, grads, beta1, beta2, keep):
                 adam_lr = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 lower = final_lr * (1 - 1 / (gamma * t + 1))
                 upper = final_lr * (1 + 1 / (gamma * t))
-                step_size = (adam_lr / (v.sqrt() + group["eps"])).clamp_(lower, upper)
-                p.sub_(step_size.mul_(m))
+                step_size = torch._foreach_sqrt(v)
+                torch._foreach_add_(step_size, group["eps"])
+                torch._foreach_reciprocal_(step_size)
+                torch._foreach_mul_(step_size, adam_lr)
+                torch._foreach_clamp_min_(step_size, lower)
+                torch._foreach_clamp_max_(step_size, upper)
+                torch._foreach_mul_(step_size, m)
+                if keep is not None:
+                    torch._foreach_mul_(step_size, keep)
+                torch._foreach_sub_(ps, step_size)
         return loss
 
 
@@ -102,6 +158,8 @@ class LARS(torch.optim.Optimizer):
     Groups with lars_exclude=True (BN parameters, biases) take a plain momentum-SGD
     step without weight decay, as the paper prescribes.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 1e-3, eps: float = 1e-8):
@@ -115,19 +173,23 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = _closure_loss(closure)
         for group in self.param_groups:
-            wd = group["weight_decay"]
-            for p in _with_grad(group, "LARS"):
-                grad = p.grad
-                if not group["lars_exclude"]:  # excluded: no trust ratio and no weight decay
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    grad = grad.add(p, alpha=wd).mul_(_trust_ratio(w_norm, g_norm, ratio))
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(grad, alpha=group["lr"])
-                p.sub_(buf)
+            params, grads = _with_grads(group, "LARS")
+            if not params:
+                continue
+            grads, keep = _scaled(self, grads)
+            wd, momentum = group["weight_decay"], group["momentum"]
+            if not group["lars_exclude"]:  # excluded: no trust ratio and no weight decay
+                w_norm, g_norm = _norms(params), _norms(grads)
+                ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                grads = torch._foreach_add(grads, params, alpha=wd)
+                torch._foreach_mul_(grads, _trust_ratio(w_norm, g_norm, ratio).unbind())
+            buf = _state(self, params, "momentum_buffer")
+            if keep is not None:  # a skipped step leaves buffers and weights as they were
+                grads = torch._foreach_mul(grads, keep)
+                momentum = 1 - keep * (1 - momentum)
+            torch._foreach_mul_(buf, momentum)
+            torch._foreach_add_(buf, grads, alpha=group["lr"])
+            torch._foreach_sub_(params, buf if keep is None else torch._foreach_mul(buf, keep))
         return loss
 
 
@@ -137,6 +199,8 @@ class LAMB(torch.optim.Optimizer):
     r = m_hat / (sqrt(v_hat) + eps) + wd * w;  w <- w - lr * ||w|| / ||r|| * r,
     the ratio being 1 when either norm is 0.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0):
@@ -148,36 +212,56 @@ class LAMB(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = _closure_loss(closure)
         for group in self.param_groups:
+            params, grads = _with_grads(group, "LAMB")
+            if not params:
+                continue
+            grads, keep = _scaled(self, grads)
             beta1, beta2 = group["betas"]
             wd = group["weight_decay"]
-            for p in _with_grad(group, "LAMB"):
-                m, v, t = _adam_moments(self.state[p], p, p.grad, beta1, beta2)
-                m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
-                r = m_hat.div_(v_hat.sqrt_().add_(group["eps"]))
+            for t, ps, m, v in _adam_moments(self, params, grads, beta1, beta2, keep):
+                r = torch._foreach_div(m, 1 - beta1 ** t)
+                denom = torch._foreach_div(v, 1 - beta2 ** t)
+                torch._foreach_sqrt_(denom)
+                torch._foreach_add_(denom, group["eps"])
+                torch._foreach_div_(r, denom)
                 if wd:
-                    r.add_(p, alpha=wd)
-                w_norm, r_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(r)
+                    torch._foreach_add_(r, ps, alpha=wd)
+                w_norm, r_norm = _norms(ps), _norms(r)
                 ratio = _trust_ratio(w_norm, r_norm, w_norm / r_norm)
-                p.sub_(r.mul_(ratio), alpha=group["lr"])
+                if keep is not None:
+                    ratio = ratio * keep
+                torch._foreach_mul_(r, ratio.unbind())
+                torch._foreach_add_(ps, r, alpha=-group["lr"])
         return loss
 
 
 # ---- the registry ----------------------------------------------------------
 
+FUSED_DEVICES = ("cuda", "cpu")
+
+
+def _fused(groups: list[dict]) -> bool:
+    """Torch's fused kernels where they exist: one kernel for the whole step, and under fp16 the
+    GradScaler hands them its inf check on the device instead of reading it back every step."""
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], cfg: Optim, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, dampening=cfg.dampening,
-                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, fused=_fused(groups))
 
 
 @OPTIMIZERS.register("adam")
 def adam(groups: list[dict], cfg: Optim, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                            fused=_fused(groups))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], cfg: Optim, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=_fused(groups))
 
 
 @OPTIMIZERS.register("adabound")

@@ -97,6 +97,13 @@ def fp16_needs_cuda(cfg: TrialConfig, ctx: Context) -> None:
                           "use bf16 on a CPU")
 
 
+@rule("train.precision", "train.device")
+def bf16_is_native(cfg: TrialConfig, ctx: Context) -> None:
+    if cfg.train.precision == "bf16" and _device(cfg, ctx) == "cuda" and not ctx.native_bf16:
+        raise ConfigError("train.precision", "this GPU has no native bf16 (compute capability below 8.0), so "
+                          "bf16 would run emulated, slower than fp32", "use fp16 on this GPU")
+
+
 @rule("train.accumulate", "train.batch_size")
 def accumulate_divides_batch(cfg: TrialConfig, ctx: Context) -> None:
     tc = cfg.train

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import data, optim, rules, schedules
-from .augment import Normalize, TrainBatches, eval_batches
-from .config import TrialConfig, non_defaults
-from .errors import ConfigError, Diverged, is_out_of_memory, out_of_memory
+from .augment import Normalize, TrainBatches, eval_batches, pad_images
+from .config import Data, TrialConfig, non_defaults
+from .errors import ConfigError, Diverged, TrialError, out_of_memory, release_device_memory
 from .ghost_bn import apply_ghost_bn
 from .host_memory import keep_freed_memory
 from .model_io import load_model, save_model
@@ -34,15 +35,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cuda_settings() -> None:
+    """What every CUDA trial wants: cuDNN picks the fastest kernels for its fixed shapes, and
+    fp32 matrix products and convolutions run on TF32 tensor cores (Ampere and later)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
 @contextlib.contextmanager
 def out_of_memory_fails_the_trial() -> Iterator[None]:
-    """An allocator failure ends the trial with "out of memory", not the sweep."""
+    """An allocator failure ends the trial with "out of memory", not the sweep.
+
+    The failure's traceback holds every frame between the allocation and here, and
+    with them the model, its autograd graph and the batch: they are cleared before
+    the device cache is emptied, else nothing would come back to it.
+    """
     try:
         yield
+        return
     except (RuntimeError, MemoryError) as e:
-        if isinstance(e, MemoryError) or is_out_of_memory(e):
-            raise out_of_memory(e) from e
-        raise
+        error = out_of_memory(e)
+        if error is None:
+            raise
+        import traceback
+        traceback.clear_frames(e.__traceback__)
+    release_device_memory()
+    raise error
 
 
 @contextlib.contextmanager
@@ -90,22 +109,27 @@ def accumulate_gradients(model, objective, x, y, parts: int, autocast, scale=lam
 
 
 def update_ema(ema: AveragedModel, model: torch.nn.Module, first: bool) -> None:
-    """`ema.update_parameters(model)`, without its host sync after the first update.
+    """`ema.update_parameters(model)`, in a few foreach kernels and without a host sync.
 
-    AveragedModel compares its on-device update count with 0 on every call,
-    which waits for the GPU each step; the caller knows whether it is the first.
+    AveragedModel compares its on-device update count with 0 on every call, which
+    waits for the GPU each step (the caller knows whether it is the first), and
+    averages integer buffers (BatchNorm's batch counts) one tensor at a time:
+    here they are copied, in one kernel.
     """
     if first:
         ema.update_parameters(model)  # copies the model
         return
-    groups: dict[torch.dtype, tuple[list, list]] = {}  # as AveragedModel groups them for the foreach kernels
+    floats: tuple[list, list] = ([], [])
+    others: tuple[list, list] = ([], [])
     for avg, cur in zip(itertools.chain(ema.module.parameters(), ema.module.buffers()),
                         itertools.chain(model.parameters(), model.buffers())):
-        pair = groups.setdefault(avg.dtype, ([], []))
+        pair = floats if avg.is_floating_point() else others
         pair[0].append(avg.detach())
         pair[1].append(cur.detach())
-    for avgs, curs in groups.values():
-        ema.multi_avg_fn(avgs, curs, ema.n_averaged)
+    if floats[0]:
+        ema.multi_avg_fn(*floats, ema.n_averaged)
+    if others[0]:
+        torch._foreach_copy_(*others)
     ema.n_averaged += 1
 
 
@@ -119,15 +143,33 @@ def train(config: TrialConfig, report: Report | None = None, checkpoint: str | P
     """
     report = report or (lambda epoch, metrics: None)
     with cpu_threads(config.train.threads), out_of_memory_fails_the_trial():
-        run = Training(config)
-        if checkpoint is not None and Path(checkpoint).exists():
-            run.load(checkpoint)
-        while not run.done:
-            metrics = run.epoch()
-            if checkpoint is not None:
-                run.save(checkpoint)
-            report(run.epochs_done, metrics)
-        return run.finish()
+        return _train(config, report, checkpoint)
+
+
+def _train(config: TrialConfig, report: Report, checkpoint: str | Path | None) -> dict[str, float]:
+    run = Training(config)
+    if checkpoint is not None and Path(checkpoint).exists():
+        run.load(checkpoint)
+    while not run.done:
+        metrics = run.epoch()
+        if checkpoint is not None:
+            run.save(checkpoint)
+        report(run.epochs_done, metrics)
+    return run.finish()
+
+
+@functools.lru_cache(maxsize=1)
+def resident(data_cfg: Data, pad: int, pad_mode: str, pad_fill: int, device: str):
+    """(splits, padded training images, labels, val and test pairs), on `device`.
+
+    Padded on the host, so the device never holds the unpadded copy beside the padded
+    one; cached, so the seeds of a config (and the next trial with the same data) share
+    one device copy.
+    """
+    splits = data.load(data_cfg)
+    train_x = pad_images(splits.train_x, pad, pad_mode, pad_fill) if pad else splits.train_x
+    return (splits, train_x.to(device), splits.train_y.to(device), (splits.val_x.to(device), splits.val_y.to(device)),
+            (splits.test_x.to(device), splits.test_y.to(device)))
 
 
 class Training:
@@ -143,28 +185,34 @@ class Training:
         self.device = device = resolve_device(tc.device)
         if device.type == "cpu":
             keep_freed_memory()
-        torch.manual_seed(tc.seed)
-        splits = data.load(cfg.data)
+        elif device.type == "cuda":
+            cuda_settings()
+        aug = cfg.augment
+        splits, train_x, train_y, self.val, self.test = resident(cfg.data, aug.crop_padding, aug.pad_mode,
+                                                                 aug.pad_fill, str(device))
         self.num_classes, self.in_channels = splits.num_classes, splits.in_channels
-        model = build_model(cfg.model, splits.num_classes, splits.in_channels)
-        if tc.ghost_batch:
-            apply_ghost_bn(model, tc.ghost_batch)
+        # The global RNG (weight init, dropout, drop path, shake-shake) is this run's own: seeds
+        # stepped side by side in one process each keep theirs (own_rng), as if each ran alone.
+        with torch.random.fork_rng(devices=self._cuda()):
+            torch.manual_seed(tc.seed)
+            model = build_model(cfg.model, splits.num_classes, splits.in_channels)
+            if tc.ghost_batch:
+                apply_ghost_bn(model, tc.ghost_batch)
+            self.global_rng = self._global_rng()
         fmt = torch.channels_last if tc.channels_last else torch.preserve_format
         self.model = model = model.to(device, memory_format=fmt)
         # Training steps call the compiled wrapper; self.model stays the plain module, so checkpoints,
         # saved models and the EMA keep their keys (a compiled module prefixes them with `_orig_mod.`).
         self.step_model = torch.compile(model) if tc.compile else model
-        teacher = load_model(tc.teacher, device) if tc.teacher else None
+        teacher = load_model(tc.teacher, device).to(memory_format=fmt) if tc.teacher else None
         self.gen = torch.Generator(device).manual_seed(tc.seed)
         self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
         out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
-        self.batches = TrainBatches(splits.train_x.to(device), splits.train_y.to(device), tc.batch_size,
-                                    cfg.augment, self.normalize, self.gen, out_size)
+        self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
+                                    out_size, padded=True)
         if len(self.batches) == 0:  # an image folder's size is only known once loaded (rules.batch_fits_data)
             raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
                               "training images", "lower train.batch_size or raise data.subset")
-        self.val = (splits.val_x.to(device), splits.val_y.to(device))
-        self.test = (splits.test_x.to(device), splits.test_y.to(device))
         self.opt = optim.build(model, cfg.optim, tc.batch_size)
         self.sched = schedules.build(self.opt, cfg.schedule, len(self.batches), tc.epochs)
         self.objective = Objective(cfg.augment, tc, splits.num_classes, self.gen, teacher)
@@ -174,9 +222,31 @@ class Training:
             if tc.ema_decay else None
         self.history: list[dict[str, float]] = []
         self.best, self.since_best, self.seconds = math.inf, 0, 0.0
+        self.warm = False  # the first step (compilation, cuDNN's autotuning) is timed apart
         # On a GPU a per-step check would sync the host every step; remember the
         # first bad step on the device and look once per epoch instead.
         self.check_each_step = device.type == "cpu"
+
+    def _cuda(self) -> list[torch.device]:
+        return [self.device] if self.device.type == "cuda" else []
+
+    def _global_rng(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self._cuda():
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """The global RNG as this run left it, for the block; the caller's is put back after."""
+        with torch.random.fork_rng(devices=self._cuda()):
+            torch.set_rng_state(self.global_rng["cpu"])
+            if "cuda" in self.global_rng:
+                torch.cuda.set_rng_state(self.global_rng["cuda"], self.device)
+            try:
+                yield
+            finally:
+                self.global_rng = self._global_rng()
 
     @property
     def epochs_done(self) -> int:
@@ -196,6 +266,10 @@ class Training:
 
     def epoch(self) -> dict[str, float]:
         """Train one epoch and evaluate on the validation split."""
+        with self.own_rng():
+            return self._epoch()
+
+    def _epoch(self) -> dict[str, float]:
         t0 = time.perf_counter()
         tc, device, model, opt = self.cfg.train, self.device, self.model, self.opt
         epoch = self.epochs_done + 1
@@ -204,7 +278,9 @@ class Training:
         err_sum = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
         check_each_step = self.check_each_step
-        seen = 0
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        seen = steps = 0
+        warmup, warm_images = 0.0, 0
         for step, (x, y) in enumerate(self.batches, start=1):
             opt.zero_grad(set_to_none=True)
             losses, out = accumulate_gradients(self.step_model, self.objective, x, y, tc.accumulate,
@@ -225,13 +301,27 @@ class Training:
                 update_ema(self.ema, model, first=epoch == 1 and step == 1)
             loss_sum += loss * len(y)
             err_sum += (out.argmax(1) != y).sum()
-            seen += len(y)
+            seen, steps = seen + len(y), step
+            if not self.warm:  # once per run: wait for the first step, so its time is its own
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self.warm, warmup, warm_images = True, time.perf_counter() - t0, len(y)
         if not check_each_step and (bad := int(first_bad)) >= 0:
             raise Diverged(epoch, bad)
+        if scale_before is not None and steps and \
+                self.scaler.get_scale() <= scale_before * self.scaler.get_backoff_factor() ** steps:
+            raise TrialError(f"fp16 loss scale collapsed in epoch {epoch}: every one of its {steps} steps was "
+                             "skipped for inf/NaN gradients, so the model did not train; "
+                             "fix: use train.precision bf16 or fp32, or a lower optim.lr")
         train_time = time.perf_counter() - t0
+        if seen > warm_images:  # images/s of the steady steps
+            seen_steady, time_steady = seen - warm_images, train_time - warmup
+        else:
+            seen_steady, time_steady = seen, train_time
         val_loss, val_error = self.scores(model, self.val)
         metrics = {"train_loss": float(loss_sum) / seen, "train_error": float(err_sum) / seen,
-                   "val_loss": val_loss, "val_error": val_error, "lr": lr, "images_per_s": seen / train_time}
+                   "val_loss": val_loss, "val_error": val_error, "lr": lr,
+                   "images_per_s": seen_steady / time_steady, "warmup_s": warmup}
         if self.ema is not None:
             metrics["val_loss_ema"], metrics["val_error_ema"] = self.scores(self.ema.module, self.val)
         metrics["epoch_time_s"] = time.perf_counter() - t0
@@ -258,19 +348,29 @@ class Training:
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "scaler": self.scaler.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "scaler": self.scaler.state_dict(), "gen": self.gen.get_state(), "gen_device": self.gen.device.type,
+                 "torch_rng": self.global_rng["cpu"],
                  "objective_rng": self.objective.rng.bit_generator.state if self.objective.rng else None,
                  "history": self.history, "best": self.best, "since_best": self.since_best, "seconds": self.seconds}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if "cuda" in self.global_rng:
+            state["cuda_rng"] = self.global_rng["cuda"]
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from `state`, keeping this config's optimizer hyperparameters: a checkpoint
         carries the weights, buffers, step counts and RNGs, while lr, weight decay and
-        momentum come from the config (PBT resumes a clone with perturbed ones)."""
+        momentum come from the config (PBT resumes a clone with perturbed ones).
+
+        `state` is on the CPU: each load_state_dict places its tensors (the optimizer's step
+        counts stay on the CPU where its kernels want them), and the RNG states must be CPU
+        byte tensors. A random state saved on another kind of device fails the trial."""
+        saved_on, here = state.get("gen_device", "cpu"), self.gen.device.type
+        if saved_on != here or state["gen"].numel() != self.gen.get_state().numel():
+            raise TrialError(f"the checkpoint was written by a trial on {saved_on}, and this one trains on {here}: "
+                             "its random state cannot move between kinds of device; fix: give the sweep's workers "
+                             "one kind of device, or delete the checkpoint to start the trial over")
         self.model.load_state_dict(state["model"])
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
@@ -282,13 +382,11 @@ class Training:
             group["lr"] = base * factor(self.sched.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
+        self.global_rng = {"cpu": state["torch_rng"], **({"cuda": state["cuda_rng"]} if "cuda_rng" in state else {})}
         if self.objective.rng is not None and state["objective_rng"] is not None:
             self.objective.rng.bit_generator.state = state["objective_rng"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history, self.best = list(state["history"]), state["best"]
         self.since_best, self.seconds = state["since_best"], state["seconds"]
 
@@ -326,7 +424,7 @@ class Training:
         """
         import sys
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
         except Exception as e:  # pickle, zip and torch errors: any of them means unreadable
