@@ -117,8 +117,11 @@ def bug_text(error: BaseException) -> str:
 
 
 def worker_id(node: str | None = None) -> str:
-    """Who runs a trial: the "worker" attr (host:pid, and the Ray node where there is one)."""
-    return f"{socket.gethostname()}:{os.getpid()}" + (f" node {node}" if node else "")
+    """Who runs a trial: the "worker" attr (host:pid, the GPU it was pinned to, and the Ray node
+    where there is one)."""
+    from .gpus import VISIBLE
+    gpu = os.environ.get(VISIBLE)
+    return f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {gpu}" if gpu else "") + (f" node {node}" if node else "")
 
 
 def _state(t) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_BASE, refused
 from trainable import from_flat, train
-from trainable.augment import (POLICIES, Normalize, TrainBatches, apply_policy, cutout, erasing_boxes,
+from trainable.augment import (POLICIES, Normalize, TrainBatches, cutout, erasing_boxes,
                                pad_images, random_erasing)
 from trainable.config import Augment, Cutout, Data, Policy, RandomErasing, Train, TrialConfig, flatten
 
@@ -155,11 +155,11 @@ def test_random_erasing_prob_half_erases_about_half():
 def test_policies_keep_uint8_shape_and_draw_per_image(name, shape):
     x = texture(1, *shape).expand(24, *shape).contiguous()  # one image, many times
     state = torch.get_rng_state()
-    out = apply_policy(x, POLICIES.get(name)(Policy(name=name)), gen())
+    out = POLICIES.get(name)(Policy(name=name))(x, np.random.default_rng(0))
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert len({o.numpy().tobytes() for o in out}) >= 6  # a batch-wide op would give one
-    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left as it was
-    assert torch.equal(apply_policy(x, POLICIES.get(name)(Policy(name=name)), gen()), out)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is not drawn from
+    assert torch.equal(POLICIES.get(name)(Policy(name=name))(x, np.random.default_rng(0)), out)
 
 
 # ---- repeated augmentation ------------------------------------------------

@@ -18,6 +18,7 @@ from trainable.registry import Registry
 
 SRC = "x.yaml"
 CPU = rules.Context(device="cpu")
+OLD_GPU = rules.Context(device="cuda", native_bf16=False)  # compute capability below 8.0
 HEAD = "name: t\nbudget: {trials: 2}\nbase:\n  data.subset: 1000\n"  # base entries from line 5
 
 
@@ -69,6 +70,7 @@ FIELD_CASES = [_field_case(*r) for r in RULED]
 CROSS_CASES = [
     ("device_exists", "train.device", {}, "tpu", "cpu"),
     ("fp16_needs_cuda", "train.precision", {}, "fp16", "bf16"),
+    ("bf16_is_native", "train.precision", {"train.device": "cuda"}, "bf16", "fp16", OLD_GPU),
     ("accumulate_divides_batch", "train.accumulate", {"train.batch_size": 64}, 3, 2),
     ("ghost_batch_fits", "train.ghost_batch", {"train.batch_size": 64}, 128, 32),
     ("batch_fits_data", "train.batch_size", {}, 2048, 64),
@@ -90,9 +92,9 @@ def _lines(values: dict) -> str:
     return "".join(f"  {k}: {json.dumps(v)}\n" for k, v in values.items())
 
 
-def _refused(text: str, overrides=(), preset=None) -> SpecError:
+def _refused(text: str, overrides=(), preset=None, context=CPU) -> SpecError:
     with pytest.raises(SpecError) as info:
-        parse_spec(text, SRC, list(overrides), preset, context=CPU)
+        parse_spec(text, SRC, list(overrides), preset, context=context)
     return info.value
 
 
@@ -130,12 +132,13 @@ def test_a_field_value_a_trial_refuses_is_refused_at_its_line(key, bad, good, ex
 
 
 @pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("rule,key,others,bad,good", CROSS_CASES, ids=[c[0] for c in CROSS_CASES])
-def test_a_combination_a_trial_refuses_is_refused_at_its_line(rule, key, others, bad, good, route):
+@pytest.mark.parametrize("rule,key,others,bad,good,context", [(*c, CPU)[:6] for c in CROSS_CASES],
+                         ids=[c[0] for c in CROSS_CASES])
+def test_a_combination_a_trial_refuses_is_refused_at_its_line(rule, key, others, bad, good, context, route):
     text, overrides, preset, start = _routes(key, bad, good, others)[route]
-    e = _refused(text, overrides, preset)
+    e = _refused(text, overrides, preset, context)
     assert str(e).startswith(start) and "fix:" in str(e), str(e)
-    parse_spec(_routes(key, good, bad, others)["base"][0], SRC, context=CPU)  # the good value passes
+    parse_spec(_routes(key, good, bad, others)["base"][0], SRC, context=context)  # the good value passes
 
 
 def test_every_rule_across_fields_has_a_case():
@@ -148,12 +151,12 @@ def test_the_cases_cover_the_ruled_fields_and_the_defaults_pass():
 
 
 def test_choices_are_the_registries_their_builders_fill():
-    from trainable import augment, data, objective, optim, schedules
+    from trainable import augment, data, objective, optim, policies, schedules
     from trainable.registries import DATASETS, ERASE_VALUES, LOSSES, OPTIMIZERS, POLICIES, SCHEDULES, WARMUPS
     keys = leaf_keys()
     owners = {"optim.name": (OPTIMIZERS, optim.OPTIMIZERS), "schedule.name": (SCHEDULES, schedules.SCHEDULES),
               "schedule.warmup_mode": (WARMUPS, schedules.WARMUPS), "train.loss": (LOSSES, objective.LOSSES),
-              "augment.policy.name": (POLICIES, augment.POLICIES),
+              "augment.policy.name": (POLICIES, policies.POLICIES),
               "augment.random_erasing.value": (ERASE_VALUES, augment.ERASE_VALUES),
               "data.dataset": (DATASETS, data.DATASETS)}
     for key, (declared, filled) in owners.items():

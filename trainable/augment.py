@@ -5,17 +5,22 @@ kept resident and each batch is cut out of it at random offsets. Every random
 draw comes from the trial's generator, so a seed fixes the whole stream.
 
 Order within a batch: crop/flip (uint8) -> policy (uint8) -> normalize ->
-cutout -> random erasing.
+cutout -> random erasing. A policy's stage runs on the host, a batch ahead
+(TrainBatches).
 """
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Augment, Policy
+from .config import Augment
+from .policies import POLICIES
 from . import registries
 
 
@@ -157,43 +162,44 @@ def random_erasing(x: torch.Tensor, prob: float, area, ratio, value: str,
     return torch.where(box[:, None], ERASE_VALUES.get(value)(x, gen), x)
 
 
-POLICIES = registries.POLICIES
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """random_resized_crop gives float in 0..255; the policies take uint8."""
+    return x if x.dtype == torch.uint8 else x.round().clamp(0, 255).to(torch.uint8)
 
 
-@POLICIES.register("autoaugment")
-def _autoaugment(cfg: Policy):
-    from torchvision.transforms import v2
-    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+_END = object()
 
 
-@POLICIES.register("randaugment")
-def _randaugment(cfg: Policy):
-    from torchvision.transforms import v2
-    return v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+def prefetched(batches: Callable[[], Iterator], depth: int = 2) -> Iterator:
+    """The items of `batches()`, made ahead in a thread of their own (an error there is raised here)."""
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
 
+    def work() -> None:
+        try:
+            for item in batches():
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_END)
+        except BaseException as e:  # handed to the consumer, which raises it
+            items.put(e)
 
-@POLICIES.register("trivialaugment")
-def _trivialaugment(cfg: Policy):
-    from torchvision.transforms import v2
-    return v2.TrivialAugmentWide()
-
-
-def apply_policy(x: torch.Tensor, transform: Callable, gen: torch.Generator) -> torch.Tensor:
-    """Apply a torchvision v2 policy to each image of a uint8 batch on its own.
-
-    The v2 policies draw one operation per call for their whole input, so a
-    batch in one call would get the same operation on every image.
-    """
-    if x.dtype != torch.uint8:  # random_resized_crop gives float in 0..255
-        x = x.round().clamp(0, 255).to(torch.uint8)
-    seed = int(torch.randint(2**31, (1,), device=gen.device, generator=gen))
-    # The v2 policies take no generator: they draw from torch's global CPU RNG.
-    # Seeding it from `gen` makes the policy a function of train.seed; the
-    # fork keeps the global stream the rest of training sees (dropout, ...)
-    # the same with or without a policy.
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return torch.stack([transform(img) for img in x])
+    thread = threading.Thread(target=work, name="sweep-augment", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class TrainBatches:
@@ -205,42 +211,72 @@ class TrainBatches:
     copies are tiled ([a, b, a, b]), not interleaved, so each 1/r slice of the
     batch (a ghost batch, a micro-batch) holds distinct images, as DeiT's
     sampler puts copies on different devices.
+
+    Without a policy every step runs on x's device. A policy works image by
+    image in Python, so with one the uint8 stage (crop, flip, policy) runs on
+    the host in a thread of its own, from host-resident x and y with generators
+    of its own, a batch or two ahead of the training step on `device`.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
-                 normalize: Normalize, gen: torch.Generator, out_size: int | None = None, padded: bool = False):
-        """`padded`: x is already padded by augment.crop_padding (the caller shares one padded copy)."""
+                 normalize: Normalize, gen: torch.Generator, out_size: int | None = None, padded: bool = False,
+                 device: torch.device | str | None = None):
+        """`padded`: x is already padded by augment.crop_padding (the caller shares one padded copy).
+        `device`: where the batches go (default: x's)."""
         self.pad, self.flip = cfg.crop_padding, cfg.flip
         self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
         self.size = tuple(d - (2 * self.pad if padded else 0) for d in x.shape[2:])
         self.x = pad_images(x, self.pad, cfg.pad_mode, cfg.pad_fill) if self.pad and not padded else x
         self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
+        self.device = torch.device(device) if device is not None else x.device
         self.repeated = cfg.repeated
         self.policy = POLICIES.get(cfg.policy.name)(cfg.policy) if cfg.policy.name != "none" else None
+        if self.policy is not None:
+            seed = int(torch.randint(2 ** 62, (1,), device=gen.device, generator=gen))
+            self.host_gen = torch.Generator().manual_seed(seed)
+            self.rng = np.random.default_rng(seed)
+            self.x, self.y = self.x.cpu(), self.y.cpu()
         self.cutout, self.erasing = cfg.cutout, cfg.random_erasing
 
     def __len__(self) -> int:
         return len(self.y) // self.batch_size  # the ragged tail would give BN a tiny batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.y), device=self.x.device, generator=self.gen)
+        if self.policy is None:
+            for xb, idx in self._crops(self.gen):
+                yield self._finish(xb, self.y[idx])
+            return
+        for xb, yb in prefetched(self._host_batches):
+            yield self._finish(xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True))
+
+    def _crops(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(cropped, flipped batch, its indices) for each step of an epoch, on x's device."""
+        order = torch.randperm(len(self.y), device=self.x.device, generator=gen)
         distinct = self.batch_size // self.repeated
         for i in range(len(self)):
             idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)
-            xb = random_crop(self.x, idx, self.size, self.pad, self.gen) if self.pad else self.x[idx]
+            xb = random_crop(self.x, idx, self.size, self.pad, gen) if self.pad else self.x[idx]
             if self.rrc:
-                xb = random_resized_crop(xb, *self.rrc, self.gen)
+                xb = random_resized_crop(xb, *self.rrc, gen)
             if self.flip:
-                xb = random_flip(xb, self.gen)
-            if self.policy is not None:
-                xb = apply_policy(xb, self.policy, self.gen)
-            xb = self.normalize(xb)
-            if self.cutout.size > 0:
-                xb = cutout(xb, self.cutout.size, self.cutout.prob, self.gen)
-            if self.erasing.prob > 0:
-                er = self.erasing
-                xb = random_erasing(xb, er.prob, er.area, er.ratio, er.value, self.gen)
-            yield xb.contiguous(memory_format=self.normalize.memory_format), self.y[idx]
+                xb = random_flip(xb, gen)
+            yield xb, idx
+
+    def _host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pin = self.device.type == "cuda"
+        for xb, idx in self._crops(self.host_gen):
+            xb, yb = self.policy(to_uint8(xb), self.rng), self.y[idx]
+            yield (xb.pin_memory(), yb.pin_memory()) if pin else (xb, yb)
+
+    def _finish(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalize, then the float-stage regularizers, on the training device."""
+        xb = self.normalize(xb)
+        if self.cutout.size > 0:
+            xb = cutout(xb, self.cutout.size, self.cutout.prob, self.gen)
+        if self.erasing.prob > 0:
+            er = self.erasing
+            xb = random_erasing(xb, er.prob, er.area, er.ratio, er.value, self.gen)
+        return xb.contiguous(memory_format=self.normalize.memory_format), yb
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, normalize: Normalize):

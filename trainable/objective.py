@@ -130,7 +130,8 @@ class Objective:
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, soft targets): one-hot, one enabled mixer (with its prob), then label smoothing."""
-        t = F.one_hot(y, self.num_classes).float()
+        # Not F.one_hot: it reads the labels' range back to the host, a sync every step on a GPU.
+        t = torch.zeros(len(y), self.num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
         self.last = {"mixer": None}
         if self.mixers:
             name, strength, prob = self.mixers[int(self.rng.integers(len(self.mixers)))]

@@ -108,6 +108,7 @@ def accumulate_gradients(model, objective, x, y, parts: int, autocast, scale=lam
     return torch.stack(losses), torch.cat(logits)
 
 
+@torch.no_grad()
 def update_ema(ema: AveragedModel, model: torch.nn.Module, first: bool) -> None:
     """`ema.update_parameters(model)`, in a few foreach kernels and without a host sync.
 
@@ -124,8 +125,8 @@ def update_ema(ema: AveragedModel, model: torch.nn.Module, first: bool) -> None:
     for avg, cur in zip(itertools.chain(ema.module.parameters(), ema.module.buffers()),
                         itertools.chain(model.parameters(), model.buffers())):
         pair = floats if avg.is_floating_point() else others
-        pair[0].append(avg.detach())
-        pair[1].append(cur.detach())
+        pair[0].append(avg)
+        pair[1].append(cur)
     if floats[0]:
         ema.multi_avg_fn(*floats, ema.n_averaged)
     if others[0]:
@@ -159,8 +160,9 @@ def _train(config: TrialConfig, report: Report, checkpoint: str | Path | None) -
 
 
 @functools.lru_cache(maxsize=1)
-def resident(data_cfg: Data, pad: int, pad_mode: str, pad_fill: int, device: str):
-    """(splits, padded training images, labels, val and test pairs), on `device`.
+def resident(data_cfg: Data, pad: int, pad_mode: str, pad_fill: int, device: str, on_host: bool = False):
+    """(splits, padded training images, labels, val and test pairs), on `device` (the training
+    images and labels stay on the host with `on_host`).
 
     Padded on the host, so the device never holds the unpadded copy beside the padded
     one; cached, so the seeds of a config (and the next trial with the same data) share
@@ -168,7 +170,8 @@ def resident(data_cfg: Data, pad: int, pad_mode: str, pad_fill: int, device: str
     """
     splits = data.load(data_cfg)
     train_x = pad_images(splits.train_x, pad, pad_mode, pad_fill) if pad else splits.train_x
-    return (splits, train_x.to(device), splits.train_y.to(device), (splits.val_x.to(device), splits.val_y.to(device)),
+    train = "cpu" if on_host else device
+    return (splits, train_x.to(train), splits.train_y.to(train), (splits.val_x.to(device), splits.val_y.to(device)),
             (splits.test_x.to(device), splits.test_y.to(device)))
 
 
@@ -188,8 +191,9 @@ class Training:
         elif device.type == "cuda":
             cuda_settings()
         aug = cfg.augment
+        on_host = aug.policy.name != "none"  # a policy's batches are made on the host (TrainBatches)
         splits, train_x, train_y, self.val, self.test = resident(cfg.data, aug.crop_padding, aug.pad_mode,
-                                                                 aug.pad_fill, str(device))
+                                                                 aug.pad_fill, str(device), on_host)
         self.num_classes, self.in_channels = splits.num_classes, splits.in_channels
         # The global RNG (weight init, dropout, drop path, shake-shake) is this run's own: seeds
         # stepped side by side in one process each keep theirs (own_rng), as if each ran alone.
@@ -209,7 +213,7 @@ class Training:
         self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
         out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
         self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
-                                    out_size, padded=True)
+                                    out_size, padded=True, device=device)
         if len(self.batches) == 0:  # an image folder's size is only known once loaded (rules.batch_fits_data)
             raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
                               "training images", "lower train.batch_size or raise data.subset")
