@@ -1,4 +1,4 @@
-"""Each private third-party API in sweeps/compat.py still behaves as relied on (one test per use)."""
+"""Each private third-party API in sweeps/compat.py and trainable/compat.py still behaves as relied on (one test per use)."""
 from __future__ import annotations
 
 import os
@@ -80,3 +80,42 @@ def test_running_without_heartbeat_lists_a_running_trial_until_it_beats(tmp_path
     assert compat.running_without_heartbeat(study) == [trial._trial_id]
     storage.record_heartbeat(trial._trial_id)
     assert compat.running_without_heartbeat(study) == []
+
+
+# ---- torch and torchvision (trainable/compat.py) -----------------------------
+
+def test_an_optimizer_marked_scaler_aware_gets_the_scalers_verdict_as_tensors():
+    import torch
+
+    from trainable import compat
+
+    seen = []
+
+    class Recording(torch.optim.Optimizer):
+        def step(self, closure=None):
+            seen.append(compat.scaler_verdict(self))
+    setattr(Recording, compat.SCALER_AWARE, True)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt, scaler = Recording([w], {}), torch.amp.GradScaler("cpu")
+    scaler.scale((w * float("inf")).sum()).backward()
+    scaler.step(opt)  # not unscaled: the scale comes along
+    found, scale = seen[0]
+    assert torch.is_tensor(found) and float(found) > 0 and float(scale) == scaler.get_scale()
+    assert compat.scaler_verdict(opt) == (None, None)  # only during the step
+
+
+def test_torchvision_policies_expose_the_tables_and_the_operation_relied_on():
+    import torch
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    from trainable import compat
+
+    for transform in (v2.AutoAugment(), v2.RandAugment(), v2.TrivialAugmentWide()):
+        space = compat.policy_ops(transform)
+        assert "Rotate" in space and all(callable(fn) and isinstance(signed, bool) for fn, signed in space.values())
+    sub = compat.autoaugment_sub_policies(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    assert len(sub) == 25 and all(len(p) == 2 and len(p[0]) == 3 for p in sub)
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    rotated = compat.apply_policy_op(v2.RandAugment(), img, "Rotate", 30.0)
+    assert torch.equal(rotated, TF.rotate(img, 30.0, interpolation=v2.InterpolationMode.NEAREST, fill=None))

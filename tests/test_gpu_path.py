@@ -429,3 +429,37 @@ def test_the_seeds_of_a_config_share_one_device_copy_of_the_data():
     runs = [Training(tiny(**{"train.seed": s})) for s in (0, 1)]
     assert runs[0].batches.x.data_ptr() == runs[1].batches.x.data_ptr()
     gc.collect()
+
+
+def test_an_isolated_trial_process_keeps_its_workers_thread_count(monkeypatch):
+    import multiprocessing as mp
+
+    from search_spaces import SweepSpec
+    from sweeps import isolated
+    seen = []
+    monkeypatch.setattr(isolated, "run_seeds", lambda *a, **k: seen.append(torch.get_num_threads()) or 0.5)
+    before = torch.get_num_threads()
+    try:
+        parent, child = mp.Pipe()
+        isolated._child(child, SweepSpec(name="x", source="test"), {}, None, False, False, 1)
+        assert seen == [1] and parent.recv() == ("done", 0.5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_sweep_worker_starts_several_workers_that_finish_the_sweep_together(write_spec, tmp_path):
+    import subprocess
+    import sys
+
+    import optuna
+
+    from conftest import ROOT, tiny_spec
+    spec = write_spec(tiny_spec(budget={"trials": 4}, space={"optim.lr": {"grid": [0.01, 0.02, 0.03, 0.04]}}))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "worker", str(spec), "--storage", url,
+                          "--dir", str(tmp_path / "runs"), "--workers", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 workers join sweep 'tiny'")
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert sorted(t.params["optim.lr"] for t in trials if t.state.name == "COMPLETE") == [0.01, 0.02, 0.03, 0.04]

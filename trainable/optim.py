@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .compat import SCALER_AWARE, scaler_verdict
 from .config import Optim
 from . import registries
 
@@ -45,10 +46,10 @@ def _with_grads(group: dict, kind: str) -> tuple[list[torch.Tensor], list[torch.
 def _scaled(opt: torch.optim.Optimizer, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """(gradients, keep): keep is None without a GradScaler; with one, a 0-d tensor, 0 when
     this step is to be skipped, and the gradients are unscaled and zero where it is."""
-    found = getattr(opt, "found_inf", None)
+    found, scale = scaler_verdict(opt)
     if found is None:
         return grads, None
-    if (scale := getattr(opt, "grad_scale", None)) is not None:  # not unscaled by the caller
+    if scale is not None:  # not unscaled by the caller
         grads = torch._foreach_div(grads, scale)
     skip = found > 0
     # No foreach `where`: zero the gradients one tensor at a time (fp16 only; inf * 0 would be NaN).
@@ -106,8 +107,6 @@ class AdaBound(torch.optim.Optimizer):
     group's lr when added) and weight decay is L2, added to the gradient.
     """
 
-    _step_supports_amp_scaling = True
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), final_lr: float = 0.1,
                  gamma: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0.0):
         if not lr > 0 or not final_lr > 0 or not gamma > 0:
@@ -159,8 +158,6 @@ class LARS(torch.optim.Optimizer):
     step without weight decay, as the paper prescribes.
     """
 
-    _step_supports_amp_scaling = True
-
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 1e-3, eps: float = 1e-8):
         if not lr >= 0 or not 0 <= momentum < 1 or not trust_coefficient > 0:
@@ -200,8 +197,6 @@ class LAMB(torch.optim.Optimizer):
     the ratio being 1 when either norm is 0.
     """
 
-    _step_supports_amp_scaling = True
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0):
         if not lr >= 0:
@@ -233,6 +228,10 @@ class LAMB(torch.optim.Optimizer):
                 torch._foreach_mul_(r, ratio.unbind())
                 torch._foreach_add_(ps, r, alpha=-group["lr"])
         return loss
+
+
+for _cls in (AdaBound, LARS, LAMB):  # GradScaler hands them its verdict as tensors (_scaled)
+    setattr(_cls, SCALER_AWARE, True)
 
 
 # ---- the registry ----------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import registries
+from .compat import apply_policy_op, autoaugment_sub_policies, policy_ops
 from .config import Policy as PolicyConfig
 
 POLICIES = registries.POLICIES
@@ -35,8 +36,7 @@ class Policy:
         out = torch.empty_like(images)
         for i, img in enumerate(images):
             for op, magnitude in self.draw(rng, h, w):
-                img = self.transform._apply_image_or_video_transform(
-                    img, op, magnitude, interpolation=self.transform.interpolation, fill=self.transform._fill)
+                img = apply_policy_op(self.transform, img, op, magnitude)
             out[i] = img
         return out
 
@@ -56,10 +56,11 @@ def autoaugment(cfg: PolicyConfig) -> Policy:
     """AutoAugment's CIFAR-10 policy (Cubuk et al. 2019): one of 25 learned sub-policies per image."""
     from torchvision.transforms import v2
     t = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    sub_policies, space = autoaugment_sub_policies(t), policy_ops(t)
 
     def draw(rng, h, w):
-        sub_policy = t._policies[int(rng.integers(len(t._policies)))]
-        return [(op, _magnitude(t._AUGMENTATION_SPACE, op, 10, index, rng, h, w) if index is not None else 0.0)
+        sub_policy = sub_policies[int(rng.integers(len(sub_policies)))]
+        return [(op, _magnitude(space, op, 10, index, rng, h, w) if index is not None else 0.0)
                 for op, prob, index in sub_policy if rng.random() <= prob]
     return Policy(t, draw)
 
@@ -69,12 +70,12 @@ def randaugment(cfg: PolicyConfig) -> Policy:
     """RandAugment (Cubuk et al. 2020): num_ops uniform operations at one fixed magnitude."""
     from torchvision.transforms import v2
     t = v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude)
-    ops = list(t._AUGMENTATION_SPACE)
+    space = policy_ops(t)
+    ops = list(space)
 
     def draw(rng, h, w):
         picked = [ops[int(i)] for i in rng.integers(len(ops), size=t.num_ops)]
-        return [(op, _magnitude(t._AUGMENTATION_SPACE, op, t.num_magnitude_bins, t.magnitude, rng, h, w))
-                for op in picked]
+        return [(op, _magnitude(space, op, t.num_magnitude_bins, t.magnitude, rng, h, w)) for op in picked]
     return Policy(t, draw)
 
 
@@ -83,10 +84,11 @@ def trivialaugment(cfg: PolicyConfig) -> Policy:
     """TrivialAugment (Müller & Hutter 2021): one uniform operation at a uniform magnitude."""
     from torchvision.transforms import v2
     t = v2.TrivialAugmentWide()
-    ops = list(t._AUGMENTATION_SPACE)
+    space = policy_ops(t)
+    ops = list(space)
 
     def draw(rng, h, w):
         op = ops[int(rng.integers(len(ops)))]
         bins = t.num_magnitude_bins
-        return [(op, _magnitude(t._AUGMENTATION_SPACE, op, bins, int(rng.integers(bins)), rng, h, w))]
+        return [(op, _magnitude(space, op, bins, int(rng.integers(bins)), rng, h, w))]
     return Policy(t, draw)
