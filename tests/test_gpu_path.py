@@ -97,8 +97,9 @@ def constructions(monkeypatch) -> collections.Counter:
 def test_an_epoch_reads_back_and_builds_from_host_data_a_fixed_number_of_times(monkeypatch, cpu_fp16, changes):
     """On CPU as the GPU path runs (no per-step divergence check): the counts must not grow with steps."""
     counts = []
-    for subset in (128, 256):  # 2 and 4 steps of 64
-        run = Training(tiny(**{**changes, "data.subset": subset, "data.eval_subset": 64, "train.epochs": 2}))
+    for subset in (64, 128):  # 2 and 4 steps of 32
+        run = Training(tiny(**{**changes, "data.subset": subset, "data.eval_subset": 32, "train.batch_size": 32,
+                               "train.epochs": 2}))
         run.check_each_step = False
         run.epoch()  # the first epoch makes the optimizer's state and copies the model into the EMA
         with monkeypatch.context() as m, HostReads() as reads:
@@ -111,7 +112,8 @@ def test_an_epoch_reads_back_and_builds_from_host_data_a_fixed_number_of_times(m
 @pytest.mark.parametrize("changes", OPTION_SETS.values(), ids=OPTION_SETS.keys())
 def test_an_epoch_makes_no_tensor_on_the_default_device(cpu_fp16, changes):
     """Every tensor the loop makes names its device: with `meta` as the default, one that did not would fail."""
-    run = Training(tiny(**{**changes, "data.subset": 128, "data.eval_subset": 64, "train.epochs": 2}))
+    run = Training(tiny(**{**changes, "data.subset": 64, "data.eval_subset": 32, "train.batch_size": 32,
+                           "train.epochs": 2}))
     run.epoch()
     with torch.device("meta"):
         metrics = run.epoch()
@@ -244,6 +246,7 @@ def test_the_gpus_named_by_cuda_visible_devices_are_the_ones_spread(monkeypatch,
     assert gpus.spread(6, gpus.visible()) == ["5", "7", "GPU-ab12", "3", "5", "7"]
 
 
+@pytest.mark.slow
 def test_each_worker_process_sees_only_its_gpu(four_gpus, write_spec, tmp_path):
     """Real workers of a real sweep (training on the CPU here): each records the GPU it was pinned to."""
     import optuna
@@ -447,6 +450,7 @@ def test_an_isolated_trial_process_keeps_its_workers_thread_count(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_sweep_worker_starts_several_workers_that_finish_the_sweep_together(write_spec, tmp_path):
     import subprocess
     import sys

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,21 @@ from trainable.registry import Registry
 
 SRC = "x.yaml"
 CPU = rules.Context(device="cpu")
+
+
+def _tiny_folder() -> str:
+    """An image folder (train/ and val/, one class, one image each) for the rules that read one."""
+    import tempfile
+
+    from PIL import Image
+    root = Path(tempfile.mkdtemp(prefix="one-check-folder-"))
+    for split in ("train", "val"):
+        (root / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / split / "a" / "0.png")
+    return str(root)
+
+
+FOLDER = _tiny_folder()
 OLD_GPU = rules.Context(device="cuda", native_bf16=False)  # compute capability below 8.0
 HEAD = "name: t\nbudget: {trials: 2}\nbase:\n  data.subset: 1000\n"  # base entries from line 5
 
@@ -76,6 +92,8 @@ CROSS_CASES = [
     ("batch_fits_data", "train.batch_size", {}, 2048, 64),
     ("teacher_exists", "train.teacher", {}, "/nonexistent/teacher.pt", None),
     ("data_present", "data.dataset", {"data.root": "/nonexistent"}, "cifar10", "fashion_mnist"),
+    ("streamed_folders_take_resized_crops", "data.storage",
+     {"data.dataset": "image_folder", "data.root": FOLDER, "augment.crop_padding": 0}, "stream", "resident"),
     ("nesterov_needs_momentum", "optim.momentum", {}, 0.0, 0.9),  # Nesterov is on by default
     ("warmup_leaves_training", "schedule.warmup_epochs", {"train.epochs": 2}, 2.0, 1.0),
     ("exponential_warmup_starts_above_zero", "schedule.warmup_mode", {}, "exponential", "linear"),  # start 0

@@ -236,7 +236,7 @@ class TrainBatches:
             self.host_gen = torch.Generator().manual_seed(seed)
             self.rng = np.random.default_rng(seed)
             self.x, self.y = self.x.cpu(), self.y.cpu()
-        self.cutout, self.erasing = cfg.cutout, cfg.random_erasing
+        self.cfg = cfg
 
     def __len__(self) -> int:
         return len(self.y) // self.batch_size  # the ragged tail would give BN a tiny batch
@@ -269,14 +269,18 @@ class TrainBatches:
             yield (xb.pin_memory(), yb.pin_memory()) if pin else (xb, yb)
 
     def _finish(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalize, then the float-stage regularizers, on the training device."""
-        xb = self.normalize(xb)
-        if self.cutout.size > 0:
-            xb = cutout(xb, self.cutout.size, self.cutout.prob, self.gen)
-        if self.erasing.prob > 0:
-            er = self.erasing
-            xb = random_erasing(xb, er.prob, er.area, er.ratio, er.value, self.gen)
-        return xb.contiguous(memory_format=self.normalize.memory_format), yb
+        return float_stage(xb, self.cfg, self.normalize, self.gen), yb
+
+
+def float_stage(xb: torch.Tensor, cfg: Augment, normalize: Normalize, gen: torch.Generator) -> torch.Tensor:
+    """Normalize a uint8 batch, then the float-stage regularizers (cutout, random erasing), on its device."""
+    xb = normalize(xb)
+    if cfg.cutout.size > 0:
+        xb = cutout(xb, cfg.cutout.size, cfg.cutout.prob, gen)
+    if cfg.random_erasing.prob > 0:
+        er = cfg.random_erasing
+        xb = random_erasing(xb, er.prob, er.area, er.ratio, er.value, gen)
+    return xb.contiguous(memory_format=normalize.memory_format)
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, normalize: Normalize):

@@ -86,6 +86,13 @@ class Data:
     image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)", check=AT_LEAST_1)
     test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)",
                                    check=AT_LEAST_1)
+    eval_crop: float = opt(0.875, "image_folder: share of the resized shorter side the evaluation's centre crop "
+                           "keeps (RSB: 0.95)", check=Range(0, 1, low_open=True))
+    storage: str = opt("auto", "image_folder: resident (decoded once, held in memory) or stream (read from disk "
+                       "every epoch, memory bounded); auto: resident when that takes under a quarter of RAM",
+                       ("auto", "resident", "stream"))
+    workers: int = opt(0, "image_folder streamed: DataLoader worker processes (0: every core but one)",
+                       check=NON_NEGATIVE)
     synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]",
                                            check=Range(1, length=3))
     synthetic_classes: int = opt(10, "synthetic: number of classes", check=Range(2))
@@ -130,6 +137,9 @@ class Model:
                                      check=FRACTION)
     zero_init_residual: Optional[bool] = opt(None, "start each residual branch at zero (the block is the identity)")
     init: Optional[str] = opt(None, "weight init", ("kaiming_fan_out", "kaiming_fan_in", "xavier"))
+    tweak: Optional[str] = opt(None, "resnet_imagenet: Bag of Tricks variant; a: the original, b: the stride on "
+                               "the 3x3 conv, c: b and a deep stem, d: c and an average-pool shortcut",
+                               ("a", "b", "c", "d"))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ DATASETS = registries.DATASETS
 # The `data` keys that decide a dataset's raw tensors; the split and the caps apply after the cache.
 SOURCE_KEYS = ("dataset", "root", "download", "synthetic_shape", "synthetic_classes", "synthetic_size",
                "synthetic_seed")
-EVAL_CROP = 0.875  # centre crop share at evaluation (224 of 256), as in the ImageNet recipes
+RESIDENT_SHARE = 0.25  # data.storage auto: a folder is held decoded when that takes under this share of RAM
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,30 @@ def _raw(source: Data) -> tuple[Raw, int]:
     return DATASETS.get(source.dataset)(source)
 
 
+def _ram() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _stored_size(cfg: Data) -> int:
+    """The side of the square a resident folder stores each image at (both resolutions cut from it)."""
+    return round(max(cfg.image_size, cfg.test_size or cfg.image_size) / cfg.eval_crop)
+
+
+def resident_bytes(cfg: Data) -> int:
+    """What an image folder takes held decoded in memory (train, val and test)."""
+    from .stream import folder_paths, scan
+    train_dir, test_dir = folder_paths(cfg)
+    n = sum(len(scan(str(d))[0]) for d in (train_dir, test_dir) if d.is_dir())
+    return n * 3 * _stored_size(cfg) ** 2
+
+
+def streams(cfg: Data) -> bool:
+    """Whether the data set is read from disk each epoch (trainable.stream) instead of held in memory."""
+    if cfg.dataset != "image_folder" or cfg.storage == "resident":
+        return False
+    return cfg.storage == "stream" or resident_bytes(cfg) > RESIDENT_SHARE * _ram()
+
+
 @functools.lru_cache(maxsize=2)
 def _folder(root: str, train_dir: str, test_dir: str, stored: int) -> tuple[Raw, int]:
     """Decode every image once into a stored x stored uint8 square (shorter side resized, centre crop)."""
@@ -208,9 +232,9 @@ def _folder(root: str, train_dir: str, test_dir: str, stored: int) -> tuple[Raw,
                                               test_dir=test_dir)))
         ds = ImageFolder(str(folder))
         need = len(ds) * 3 * stored * stored
-        if need > 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
-            raise ConfigError("data.image_size", f"{len(ds)} images at {stored}px need {need / 2**30:.1f} GiB "
-                              "resident", "lower data.image_size, or use a smaller folder")
+        if need > 0.5 * _ram():
+            raise ConfigError("data.storage", f"{len(ds)} images at {stored}px need {need / 2**30:.1f} GiB "
+                              "held in memory", "use data.storage: stream (or auto), or a lower data.image_size")
         x = torch.empty(len(ds), 3, stored, stored, dtype=torch.uint8)
         for i, (path, _) in enumerate(ds.samples):
             img = TF.pil_to_tensor(ds.loader(path))  # PIL, RGB
@@ -220,10 +244,10 @@ def _folder(root: str, train_dir: str, test_dir: str, stored: int) -> tuple[Raw,
     return tuple(parts), classes
 
 
-def _eval_view(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The evaluation crop of stored images: centre EVAL_CROP share, resized to `size`."""
+def _eval_view(x: torch.Tensor, size: int, share: float) -> torch.Tensor:
+    """The evaluation crop of stored images: the centre `share` of each side, resized to `size`."""
     from torchvision.transforms.v2 import functional as TF
-    crop = round(x.shape[-1] * EVAL_CROP)
+    crop = round(x.shape[-1] * share)
     return TF.resize(TF.center_crop(x, [crop, crop]), [size, size], antialias=True)
 
 
@@ -231,8 +255,7 @@ def load(cfg: Data) -> Splits:
     """The seeded train/val/test split of cfg.dataset, on the CPU (its values checked by trainable.rules)."""
     if cfg.dataset == "image_folder":
         test_size = cfg.test_size or cfg.image_size
-        stored = round(max(cfg.image_size, test_size) / EVAL_CROP)
-        (x, y, test_x, test_y), num_classes = _folder(cfg.root, cfg.train_dir, cfg.test_dir, stored)
+        (x, y, test_x, test_y), num_classes = _folder(cfg.root, cfg.train_dir, cfg.test_dir, _stored_size(cfg))
     else:
         source = Data(**{k: getattr(cfg, k) for k in SOURCE_KEYS})  # equal sources share one cache entry
         (x, y, test_x, test_y), num_classes = _raw(source)
@@ -246,7 +269,7 @@ def load(cfg: Data) -> Splits:
         test_x, test_y = test_x[: cfg.eval_subset], test_y[: cfg.eval_subset]
     train_x, val_x = x[train_idx], x[val_idx]
     if cfg.dataset == "image_folder":
-        val_x, test_x = _eval_view(val_x, test_size), _eval_view(test_x, test_size)
+        val_x, test_x = _eval_view(val_x, test_size, cfg.eval_crop), _eval_view(test_x, test_size, cfg.eval_crop)
     scaled = train_x[:60000].float().div_(255)  # a random sample bounds the cost on big folders
     mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
     std = tuple(scaled.std(dim=(0, 2, 3)).tolist())

@@ -145,6 +145,17 @@ def data_present(cfg: TrialConfig, ctx: Context) -> None:
         raise ConfigError(key, message, fix)
 
 
+@rule("data.dataset", "data.storage", "augment.random_resized_crop", "data.")
+def streamed_folders_take_resized_crops(cfg: TrialConfig, ctx: Context) -> None:
+    if cfg.data.dataset != "image_folder" or cfg.augment.random_resized_crop or cfg.data.storage == "resident":
+        return
+    streamed = cfg.data.storage == "stream" or (ctx.local and data.missing(cfg.data) is None and data.streams(cfg.data))
+    if streamed:
+        raise ConfigError("data.storage", f"{cfg.data.storage}: a streamed image folder is cut by random resized "
+                          "crops, and augment.random_resized_crop is false", "set augment.random_resized_crop: true, "
+                          "or data.storage: resident for a folder that fits in memory")
+
+
 # ---- optim ---------------------------------------------------------------
 
 @rule("optim.name", "optim.nesterov", "optim.momentum", "optim.dampening")

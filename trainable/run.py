@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import data, optim, rules, schedules
+from . import data, optim, rules, schedules, stream
 from .augment import Normalize, TrainBatches, eval_batches, pad_images
 from .config import Data, TrialConfig, non_defaults
 from .errors import ConfigError, Diverged, TrialError, out_of_memory, release_device_memory
@@ -175,6 +175,16 @@ def resident(data_cfg: Data, pad: int, pad_mode: str, pad_fill: int, device: str
             (splits.test_x.to(device), splits.test_y.to(device)))
 
 
+class ResidentEval:
+    """Validation or test images held on the device, in batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def batches(self, normalize: Normalize):
+        return eval_batches(self.x, self.y, self.batch_size, normalize)
+
+
 class Training:
     """One trial's state, advanced an epoch at a time.
 
@@ -190,10 +200,14 @@ class Training:
             keep_freed_memory()
         elif device.type == "cuda":
             cuda_settings()
-        aug = cfg.augment
-        on_host = aug.policy.name != "none"  # a policy's batches are made on the host (TrainBatches)
-        splits, train_x, train_y, self.val, self.test = resident(cfg.data, aug.crop_padding, aug.pad_mode,
-                                                                 aug.pad_fill, str(device), on_host)
+        streamed = data.streams(cfg.data)
+        if streamed:  # read from disk every epoch (trainable.stream)
+            splits = stream.source(cfg.data)
+        else:
+            aug = cfg.augment
+            on_host = aug.policy.name != "none"  # a policy's batches are made on the host (TrainBatches)
+            splits, train_x, train_y, val, test = resident(cfg.data, aug.crop_padding, aug.pad_mode, aug.pad_fill,
+                                                           str(device), on_host)
         self.num_classes, self.in_channels = splits.num_classes, splits.in_channels
         # The global RNG (weight init, dropout, drop path, shake-shake) is this run's own: seeds
         # stepped side by side in one process each keep theirs (own_rng), as if each ran alone.
@@ -211,12 +225,20 @@ class Training:
         teacher = load_model(tc.teacher, device).to(memory_format=fmt) if tc.teacher else None
         self.gen = torch.Generator(device).manual_seed(tc.seed)
         self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
-        out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
-        self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
-                                    out_size, padded=True, device=device)
+        if streamed:
+            self.batches = stream.StreamBatches(splits, cfg.data, cfg.augment, tc.batch_size, self.normalize,
+                                                self.gen, device)
+            self.val, self.test = (stream.StreamEval(paths, labels, cfg.data, device, tc.eval_batch_size)
+                                   for paths, labels in ((splits.val_paths, splits.val_labels),
+                                                         (splits.test_paths, splits.test_labels)))
+        else:
+            out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
+            self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
+                                        out_size, padded=True, device=device)
+            self.val, self.test = ResidentEval(*val, tc.eval_batch_size), ResidentEval(*test, tc.eval_batch_size)
         if len(self.batches) == 0:  # an image folder's size is only known once loaded (rules.batch_fits_data)
-            raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the {len(splits.train_y)} "
-                              "training images", "lower train.batch_size or raise data.subset")
+            raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the training images",
+                              "lower train.batch_size or raise data.subset")
         self.opt = optim.build(model, cfg.optim, tc.batch_size)
         self.sched = schedules.build(self.opt, cfg.schedule, len(self.batches), tc.epochs)
         self.objective = Objective(cfg.augment, tc, splits.num_classes, self.gen, teacher)
@@ -265,8 +287,7 @@ class Training:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def scores(self, model, split) -> tuple[float, float]:
-        tc = self.cfg.train
-        return evaluate(model, eval_batches(*split, tc.eval_batch_size, self.normalize), self.autocast, tc.tta_flip)
+        return evaluate(model, split.batches(self.normalize), self.autocast, self.cfg.train.tta_flip)
 
     def epoch(self) -> dict[str, float]:
         """Train one epoch and evaluate on the validation split."""
@@ -285,6 +306,7 @@ class Training:
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         seen = steps = 0
         warmup, warm_images = 0.0, 0
+        self.batches.epoch = epoch - 1  # a streamed epoch's order and crops are a function of (seed, epoch)
         for step, (x, y) in enumerate(self.batches, start=1):
             opt.zero_grad(set_to_none=True)
             losses, out = accumulate_gradients(self.step_model, self.objective, x, y, tc.accumulate,

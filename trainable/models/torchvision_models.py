@@ -1,4 +1,4 @@
-"""ImageNet-style models by name: `tv:resnet50` (torchvision), `timm:...` (when timm is installed).
+"""ImageNet-style models by name: `tv:resnet50` (torchvision), `timm:resnet50d` (timm).
 
 Weights are never downloaded: a sweep trains from scratch, and nothing may
 fetch files at run time.
@@ -62,11 +62,7 @@ def _torchvision(arch: str, cfg: Model, num_classes: int, in_channels: int) -> n
 
 
 def _timm_check(arch: str, cfg: Model, shape: Shape | None) -> None:
-    try:
-        import timm
-    except ImportError:
-        raise ConfigError("model.name", f"timm:{arch} needs the timm package",
-                          "pip install 'recipe-sweep[timm]'") from None
+    import timm
     _only(cfg, f"timm:{arch}", TIMM_KEYS)
     if not timm.is_model(arch):
         raise ConfigError("model.name", f"timm has no model {arch!r}", "see timm.list_models()")

@@ -1,0 +1,105 @@
+"""Images/s of the streamed image-folder pipeline alone (no model), against the conventional one.
+
+    python benchmarks/image_pipeline.py [--size 224] [--images 1200] [--source 500x375] [--workers 1,2]
+
+Both read the same folder of RGB JPEGs (Fashion-MNIST written out at --source size, about an
+ImageNet photo's) and give normalized training batches of 64 at --size: ours is
+`trainable.stream.StreamBatches` (random resized crop in the loader's workers, JPEGs decoded
+at a fraction of their size where the crop allows, uint8 batches, flip and normalization
+batched); the conventional one is torchvision's ImageFolder with RandomResizedCrop,
+RandomHorizontalFlip, ToTensor and Normalize per image in a DataLoader. Each worker count runs
+both, interleaved, median of 3 passes; the ratio at equal workers is the per-core comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+
+from jpeg_folder import write_jpeg_folder  # noqa: E402
+from trainable import from_flat, stream  # noqa: E402
+from trainable.augment import Normalize  # noqa: E402
+
+BATCH = 64
+
+
+def ours(folder: Path, size: int, workers: int, batches: int) -> float:
+    cfg = from_flat({"data.dataset": "image_folder", "data.root": str(folder), "data.image_size": size,
+                     "data.storage": "stream", "data.workers": workers, "data.val_fraction": 0.0,
+                     "augment.random_resized_crop": True, "augment.crop_padding": 0})
+    src = stream.source(cfg.data)
+    normalize = Normalize(src.mean, src.std, True, torch.device("cpu"), True)
+    loader = stream.StreamBatches(src, cfg.data, cfg.augment, BATCH, normalize, torch.Generator().manual_seed(0),
+                                  torch.device("cpu"))
+    return _rate(loader, batches)
+
+
+def conventional(folder: Path, size: int, workers: int, batches: int) -> float:
+    from torchvision import datasets, transforms
+    tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.25,) * 3)])
+    data = datasets.ImageFolder(str(folder / "train"), tf)
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers,
+                                         persistent_workers=workers > 0)
+    return _rate(loader, batches)
+
+
+def _rate(loader, batches: int) -> float:
+    """Images/s over `batches` batches after a first pass that starts the workers."""
+    for i, _ in enumerate(loader):
+        if i >= 2:
+            break
+    t0, seen = time.perf_counter(), 0
+    while seen < batches * BATCH:
+        for x, _ in loader:
+            seen += len(x)
+            if seen >= batches * BATCH:
+                break
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--images", type=int, default=1200)
+    ap.add_argument("--source", default="500x375", help="width x height of the JPEGs")
+    ap.add_argument("--workers", default=",".join(str(w) for w in (1, 2, 4, 8) if w <= (os.cpu_count() or 1)))
+    ap.add_argument("--batches", type=int, default=12)
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.source.split("x"))
+    torch.set_num_threads(1)
+    folder = write_jpeg_folder(Path(tempfile.gettempdir()) / f"recipe-sweep-jpegs-{w}x{h}-{args.images}",
+                               train=args.images, test=10, size=(w, h))
+    rows = []
+    for workers in (int(v) for v in args.workers.split(",")):
+        runs = {"ours": [], "conventional": []}
+        for _ in range(3):
+            runs["ours"].append(ours(folder, args.size, workers, args.batches))
+            runs["conventional"].append(conventional(folder, args.size, workers, args.batches))
+        a, b = statistics.median(runs["ours"]), statistics.median(runs["conventional"])
+        rows.append((workers, a, b))
+        print(f"  {workers} workers: ours {a:.0f}, conventional {b:.0f} images/s", flush=True)
+    print(f"\n{w}x{h} JPEGs to {args.size} px, batches of {BATCH}, {os.cpu_count()} cores "
+          f"({platform.processor() or platform.machine()}), torch {torch.__version__}, {date.today()}")
+    print("| loader workers | streamed (ours) images/s | ImageFolder + PIL + DataLoader images/s | ratio |")
+    print("|---|---|---|---|")
+    for workers, a, b in rows:
+        print(f"| {workers} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
+    best_a, best_b = max(r[1] for r in rows), max(r[2] for r in rows)
+    print(f"| best of each | {best_a:.0f} | {best_b:.0f} | {best_a / best_b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
