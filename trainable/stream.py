@@ -7,8 +7,8 @@ decoded at 1/2, 1/4 or 1/8 scale when the crop is that much larger than the
 output, and only the crop is resized. Every draw for an image comes from a
 generator seeded by (trial seed, epoch, image), so a seed gives one stream
 whatever the number of workers. Whole batches then go to the training device,
-where flips and the float-stage regularizers run batched, as on the resident
-path (augment.TrainBatches).
+where normalization and the float-stage regularizers run batched, as on the
+resident path (augment.TrainBatches).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import Normalize, float_stage, random_flip
+from .augment import Normalize, float_stage
 from .config import Augment, Data
 from .errors import DatasetMissing
 from .policies import POLICIES
@@ -69,7 +69,19 @@ def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 C x H x W, a view of the pixels as PIL lays them out (H x W x C): batches of these
+    stack into N x H x W x C, which is channels_last N x C x H x W without a copy (batched)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def batched(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack C x H x W views of H x W x C pixels as one channels_last batch, copying each once."""
+    return torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
+
+
+def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*items)
+    return batched(list(images)), torch.tensor(labels)
 
 
 def _decoded(img: Image.Image, need: tuple[int, int] | None) -> tuple[Image.Image, float]:
@@ -84,8 +96,9 @@ def _decoded(img: Image.Image, need: tuple[int, int] | None) -> tuple[Image.Imag
 
 
 def train_image(path: str, size: int, scale: tuple[float, float], rng: np.random.Generator,
-                draft: bool = True) -> torch.Tensor:
-    """A random resized crop of the image at `path`, size x size, uint8 C x H x W."""
+                draft: bool = True, flip: bool = False) -> torch.Tensor:
+    """A random resized crop of the image at `path`, size x size, uint8 C x H x W; with `flip`,
+    mirrored half the time."""
     with Image.open(path) as img:
         width, height = img.size
         left, top, w, h = crop_box(width, height, scale, rng)
@@ -93,7 +106,10 @@ def train_image(path: str, size: int, scale: tuple[float, float], rng: np.random
         need = (math.ceil(width / shrink), math.ceil(height / shrink)) if draft and shrink > 1 else None
         rgb, f = _decoded(img, need)
         box = tuple(round(v * f) for v in (left, top, left + w, top + h))
-        return to_tensor(rgb.crop(box).resize((size, size), Image.BILINEAR))  # as torchvision's resized_crop
+        out = rgb.crop(box).resize((size, size), Image.BILINEAR)  # as torchvision's resized_crop
+        if flip and rng.random() < 0.5:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_tensor(out)
 
 
 def eval_image(path: str, size: int, crop: float, draft: bool = True) -> torch.Tensor:
@@ -159,7 +175,7 @@ def _stats(paths: tuple[str, ...], seed: int) -> tuple[tuple[float, ...], tuple[
 class _TrainImages(torch.utils.data.Dataset):
     def __init__(self, src: Source, size: int, augment: Augment, seed: int):
         self.paths, self.labels, self.size, self.seed = src.train_paths, src.train_labels, size, seed
-        self.scale = tuple(augment.crop_scale)
+        self.scale, self.flip = tuple(augment.crop_scale), augment.flip
         self.policy = POLICIES.get(augment.policy.name)(augment.policy) if augment.policy.name != "none" else None
 
     def __len__(self) -> int:
@@ -168,7 +184,7 @@ class _TrainImages(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         i, epoch = key
         rng = np.random.default_rng((self.seed, epoch, i))
-        img = train_image(self.paths[i], self.size, self.scale, rng)
+        img = train_image(self.paths[i], self.size, self.scale, rng, flip=self.flip)
         if self.policy is not None:
             img = self.policy(img[None], rng)[0]
         return img, self.labels[i]
@@ -208,7 +224,7 @@ def workers(cfg: Data) -> int:
 
 def _loader(dataset, device: torch.device, cfg: Data, **kwargs) -> torch.utils.data.DataLoader:
     n = workers(cfg)
-    return torch.utils.data.DataLoader(dataset, num_workers=n, persistent_workers=n > 0,
+    return torch.utils.data.DataLoader(dataset, num_workers=n, persistent_workers=n > 0, collate_fn=_collate,
                                        pin_memory=device.type == "cuda", **kwargs)
 
 
@@ -235,12 +251,9 @@ class StreamBatches:
         self.order.epoch = n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        aug = self.augment
-        for xb, yb in self.loader:
+        for xb, yb in self.loader:  # cropped and flipped by the workers
             xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
-            if aug.flip:
-                xb = random_flip(xb, self.gen)
-            yield float_stage(xb, aug, self.normalize, self.gen), yb
+            yield float_stage(xb, self.augment, self.normalize, self.gen), yb
 
 
 class StreamEval:
