@@ -12,6 +12,8 @@ OPTION_SETS = {
     "autoaugment": {"augment.policy.name": "autoaugment"},
     "randaugment": {"augment.policy.name": "randaugment"},
     "trivialaugment": {"augment.policy.name": "trivialaugment"},
+    "timm_randaugment_bce": {"augment.policy.name": "timm", "augment.policy.timm": "rand-m7-mstd0.5-inc1",
+                             "train.loss": "bce", "train.bce_threshold": 0.2, "augment.repeated": 3},
     "random_resized_crop": {"augment.random_resized_crop": True},
     "reflect_repeated": {"augment.pad_mode": "reflect", "augment.repeated": 2},
     "ghost_batch": {"train.ghost_batch": 16},

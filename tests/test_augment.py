@@ -70,7 +70,7 @@ def test_train_batches_pad_once_with_the_configured_mode_and_crop_from_it():
 @pytest.mark.parametrize("changes, key", [
     ({"crop_padding": 6, "pad_mode": "reflect"}, "augment.crop_padding"),
     ({"pad_fill": 256}, "augment.pad_fill"),
-    ({"repeated": 3}, "augment.repeated"),
+    ({"repeated": 9}, "augment.repeated"),
     ({"random_erasing": RandomErasing(prob=0.5, area=(0.5, 0.2))}, "augment.random_erasing.area"),
     ({"policy": Policy(name="randaugment", magnitude=31)}, "augment.policy.magnitude"),
 ])
@@ -187,6 +187,17 @@ def test_repeated_augmentation_repeats_each_image_r_times_with_independent_crops
     assert groups_with_two_crops >= 0.9 * len(seen)
 
 
+def test_repeated_copies_need_not_divide_the_batch():
+    """RSB: 3 copies at batch 2048. The tiled copies [a b c a b c a b] are cut at the batch size."""
+    x, r, bs = texture(90, 1, 8, 8), 3, 16
+    tb = batches(x, plain(crop_padding=2, repeated=r), bs)
+    out = list(tb)
+    assert len(out) == 90 // bs and all(len(y) == bs for _, y in out)
+    for _, y in out:
+        labels, counts = y.unique(return_counts=True)
+        assert len(labels) == 6 and sorted(counts.tolist()) == [2, 2, 3, 3, 3, 3]
+
+
 # ---- the whole pipeline ---------------------------------------------------
 
 FULL = plain(crop_padding=4, pad_mode="reflect", flip=True, repeated=2, policy=Policy(name="randaugment"),
@@ -212,3 +223,17 @@ def test_short_training_run_with_every_batch_augmentation_is_finite():
                      "augment.policy.name": "randaugment", "augment.repeated": 2, "augment.pad_mode": "reflect"})
     result = train(cfg)
     assert all(math.isfinite(result[k]) for k in ("train_loss", "val_loss", "test_loss", "val_error"))
+
+
+def test_timms_randaugment_draws_per_image_from_the_trials_generator():
+    from trainable.config import Policy as PolicyConfig
+    policy = POLICIES.get("timm")(PolicyConfig(name="timm", timm="rand-m9-mstd0.5-inc1"))
+    x = texture(1, 3, 32, 32).expand(16, 3, 32, 32).contiguous()
+    import random
+    before = random.getstate()
+    out = policy(x, np.random.default_rng(0))
+    assert random.getstate() == before  # Python's global stream is put back
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert len({o.numpy().tobytes() for o in out}) >= 8  # per image, not per batch
+    assert torch.equal(policy(x, np.random.default_rng(0)), out)
+    assert not torch.equal(policy(x, np.random.default_rng(1)), out)

@@ -233,3 +233,22 @@ def test_dual_cutout_needs_a_positive_size_and_loss_a_known_name():
     assert refused(from_flat({"augment.dual_cutout.alpha": 0.1, "augment.dual_cutout.size": 0})).key == \
         "augment.dual_cutout.size"
     assert refused(from_flat({"train.loss": "focal"})).key == "train.loss"
+
+
+def test_the_bce_target_threshold_makes_mixed_targets_zero_or_one():
+    """timm's BCE with a target threshold (RSB A1: 0.2): after mixing, a target above it is 1."""
+    import torch.nn.functional as F
+
+    from trainable.config import Augment, Mixup, Train
+    from trainable.objective import Objective
+    torch.manual_seed(0)
+    obj = Objective(Augment(mixup=Mixup(alpha=1.0, prob=1.0)), Train(loss="bce", bce_threshold=0.2), 4,
+                    torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    x, y = torch.randn(6, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, logits = obj(model, x, y)
+    lam, perm = obj.last["lam"], obj.last["perm"]
+    mixed = lam * F.one_hot(y, 4).float() + (1 - lam) * F.one_hot(y[perm], 4).float()
+    target = (mixed > 0.2).float()
+    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits, target))
+    assert set(target.unique().tolist()) <= {0.0, 1.0}

@@ -97,7 +97,8 @@ CROSS_CASES = [
     ("nesterov_needs_momentum", "optim.momentum", {}, 0.0, 0.9),  # Nesterov is on by default
     ("warmup_leaves_training", "schedule.warmup_epochs", {"train.epochs": 2}, 2.0, 1.0),
     ("exponential_warmup_starts_above_zero", "schedule.warmup_mode", {}, "exponential", "linear"),  # start 0
-    ("repeated_divides_batch", "augment.repeated", {"train.batch_size": 64}, 3, 2),
+    ("timm_policy_parses", "augment.policy.timm", {"augment.policy.name": "timm"}, "augmix-m5", "rand-m7-mstd0.5-inc1"),
+    ("repeated_fits_batch", "augment.repeated", {"train.batch_size": 2}, 3, 2),
     ("reflect_pad_below_image", "augment.crop_padding", {"augment.pad_mode": "reflect"}, 28, 4),
     ("policy_channels", "augment.policy.name", {"data.dataset": "synthetic", "data.synthetic_shape": [2, 8, 8],
                                                 "data.synthetic_size": 2000}, "randaugment", "none"),

@@ -305,3 +305,25 @@ def test_every_optimizer_fits_least_squares(name, device):
     for _ in range(50):
         last = opt.step(closure)
     assert last.item() < 0.2 * first, (first, last.item())
+
+
+def test_lamb_as_rsb_runs_it_leaves_the_trust_ratio_off_for_undecayed_parameters():
+    """timm's LAMB adapts only its decayed groups: with no_decay_bn_bias, BN weights and biases take
+    the plain bias-corrected Adam direction times lr."""
+    from trainable import from_flat
+    from trainable.optim import build
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    cfg = from_flat({"optim.name": "lamb", "optim.lr": 0.01, "optim.weight_decay": 0.02,
+                     "optim.no_decay_bn_bias": True}).optim
+    opt = build(model, cfg, 128)
+    model(torch.randn(8, 4)).square().mean().backward()
+    bn, linear = model[1].weight, model[0].weight
+    before = {n: p.detach().clone() for n, p in (("bn", bn), ("linear", linear))}
+    grads = {"bn": bn.grad.clone(), "linear": linear.grad.clone()}
+    opt.step()
+    r = grads["bn"] / (grads["bn"].abs() + cfg.eps)  # the first step: m_hat = g, sqrt(v_hat) = |g|
+    assert torch.allclose(bn.detach(), before["bn"] - 0.01 * r, atol=1e-7)
+    r = grads["linear"] / (grads["linear"].abs() + cfg.eps) + 0.02 * before["linear"]
+    ratio = before["linear"].norm() / r.norm()
+    assert torch.allclose(linear.detach(), before["linear"] - 0.01 * ratio * r, atol=1e-6)

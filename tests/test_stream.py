@@ -84,10 +84,19 @@ def test_an_epoch_visits_every_image_once_in_an_order_the_seed_and_epoch_decide(
     def epoch(seed, n):
         order = stream._EpochOrder(96, 32, seed)
         order.epoch = n
-        return [i for batch in order for i, e in batch]
+        return [i for batch in order for i, e, copy in batch]
     first = epoch(0, 0)
     assert sorted(first) == list(range(96))
     assert epoch(0, 0) == first and epoch(1, 0) != first and epoch(0, 1) != first
+
+
+def test_repeated_copies_of_a_streamed_image_are_crops_of_their_own():
+    order = stream._EpochOrder(90, 16, 0, repeated=3)
+    batches = list(order)
+    assert len(batches) == 5 and all(len(b) == 16 for b in batches)
+    first = batches[0]
+    assert {i for i, _, _ in first} == {i for i, _, c in first if c == 0} and len({i for i, _, _ in first}) == 6
+    assert len(set(first)) == 16  # every key differs: (image, epoch, copy) seeds its own crop
 
 
 def test_a_streamed_folder_trains_and_a_seed_gives_one_result_whatever_the_workers(folder):

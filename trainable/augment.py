@@ -206,7 +206,8 @@ class TrainBatches:
     """Shuffled, augmented training batches from a resident uint8 tensor.
 
     With augment.repeated = r > 1 (Hoffer et al. 2020; DeiT), a batch holds
-    batch_size // r images, each r times with independent augmentation, and
+    ceil(batch_size / r) images, each up to r times with independent
+    augmentation (the tiled copies are cut at the batch size), and
     an epoch keeps its batch count, so it sees about len(y) / r images. The
     copies are tiled ([a, b, a, b]), not interleaved, so each 1/r slice of the
     batch (a ghost batch, a micro-batch) holds distinct images, as DeiT's
@@ -252,9 +253,9 @@ class TrainBatches:
     def _crops(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(cropped, flipped batch, its indices) for each step of an epoch, on x's device."""
         order = torch.randperm(len(self.y), device=self.x.device, generator=gen)
-        distinct = self.batch_size // self.repeated
+        distinct = -(-self.batch_size // self.repeated)  # ceil: the tiled copies are cut at the batch size
         for i in range(len(self)):
-            idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)
+            idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)[:self.batch_size]
             xb = random_crop(self.x, idx, self.size, self.pad, gen) if self.pad else self.x[idx]
             if self.rrc:
                 xb = random_resized_crop(xb, *self.rrc, gen)

@@ -165,6 +165,9 @@ class Train:
                                     check=AT_LEAST_1)
     tta_flip: bool = opt(False, "evaluate on each image and its mirror, averaging the softmax")
     loss: str = opt("ce", "ce: softmax cross-entropy; bce: binary cross-entropy on targets, as in RSB", LOSSES)
+    bce_threshold: Optional[float] = opt(None, "bce: targets above it become 1 and the others 0, after mixing and "
+                                         "smoothing (RSB A1: 0.2; null: off)", check=FRACTION,
+                                         used_when=("loss", ("bce",)))
     teacher: Optional[str] = opt(None, "knowledge distillation from this model file (saved with save_model)")
     distill_alpha: float = opt(0.5, "distillation: weight of the teacher's soft targets in the loss",
                                check=PROBABILITY)
@@ -268,6 +271,9 @@ class Policy:
     num_ops: int = opt(2, "randaugment: operations per image", check=NON_NEGATIVE,
                        used_when=("name", ("randaugment",)))
     magnitude: int = opt(9, "randaugment: magnitude", check=Range(0, 30), used_when=("name", ("randaugment",)))
+    timm: str = opt("rand-m9-mstd0.5-inc1", "timm: timm's policy string, with timm's magnitudes (0-10); "
+                    "rand-m7-mstd0.5-inc1 is RSB A1 and A2's RandAugment, rand-m6-mstd0.5-inc1 A3's",
+                    used_when=("name", ("timm",)))
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,10 @@ def train_images(cfg: Data) -> int | None:
 
 def missing(cfg: Data) -> str | None:
     """Why cfg's data set cannot be loaded on this machine without a download, or None."""
-    root = _root(cfg)
     if cfg.dataset == "image_folder":
-        for sub in (cfg.train_dir, cfg.test_dir):
-            if not (root / sub).is_dir():
-                return (f"data.root: {root / sub} does not exist; fix: point data.root at a folder holding "
-                        f"{cfg.train_dir}/ and {cfg.test_dir}/, each with one subfolder of images per class")
-        return None
+        from .stream import missing_folder
+        return missing_folder(cfg)
+    root = _root(cfg)
     facts = FACTS.get(cfg.dataset)
     if facts is None or not facts.folder or cfg.download or (root / facts.folder).exists():
         return None

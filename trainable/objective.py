@@ -116,6 +116,7 @@ class Objective:
         self.num_classes, self.gen, self.teacher = num_classes, gen, teacher
         self.eps = augment.label_smoothing
         self.loss_fn = LOSSES.get(train.loss)
+        self.threshold = train.bce_threshold if train.loss == "bce" else None
         self.mixers = [(name, getattr(getattr(augment, name), field), getattr(augment, name).prob)
                        for name, field in STRENGTH.items() if getattr(getattr(augment, name), field) > 0]
         self.dual = augment.dual_cutout
@@ -145,6 +146,8 @@ class Objective:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar float32 loss to backpropagate, logits of the batch for the training-error metric)."""
         x, t = self.mix(x, y)
+        if self.threshold is not None:  # timm's BCE target threshold (RSB A1)
+            t = (t > self.threshold).to(t.dtype)
         if self.dual.alpha <= 0:
             logits = model(x).float()
             return self._view_loss(logits, t, x), logits

@@ -194,14 +194,16 @@ class LAMB(torch.optim.Optimizer):
     """Adam moments, decoupled decay and a layer-wise trust ratio (You et al. 2019).
 
     r = m_hat / (sqrt(v_hat) + eps) + wd * w;  w <- w - lr * ||w|| / ||r|| * r,
-    the ratio being 1 when either norm is 0.
+    the ratio being 1 when either norm is 0. Groups with adapt=False (BN parameters and
+    biases under optim.no_decay_bn_bias, as timm's LAMB leaves its undecayed groups, which
+    RSB trained with) take the step without the trust ratio.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0):
         if not lr >= 0:
             raise ValueError(f"LAMB needs lr >= 0, got {lr}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adapt=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -221,11 +223,12 @@ class LAMB(torch.optim.Optimizer):
                 torch._foreach_div_(r, denom)
                 if wd:
                     torch._foreach_add_(r, ps, alpha=wd)
-                w_norm, r_norm = _norms(ps), _norms(r)
-                ratio = _trust_ratio(w_norm, r_norm, w_norm / r_norm)
-                if keep is not None:
-                    ratio = ratio * keep
-                torch._foreach_mul_(r, ratio.unbind())
+                if group["adapt"]:
+                    w_norm, r_norm = _norms(ps), _norms(r)
+                    ratio = _trust_ratio(w_norm, r_norm, w_norm / r_norm)
+                    torch._foreach_mul_(r, (ratio if keep is None else ratio * keep).unbind())
+                elif keep is not None:
+                    torch._foreach_mul_(r, keep)
                 torch._foreach_add_(ps, r, alpha=-group["lr"])
         return loss
 
@@ -293,7 +296,7 @@ def param_groups(model: nn.Module, cfg: Optim) -> list[dict]:
     Exempt are every normalization layer's parameters and every bias, found by
     module type and name (a 1-d weight may be a real feature). They get weight
     decay 0 with no_decay_bn_bias, and always under LARS, which also skips their
-    trust ratio (lars_exclude), as in the LARS paper.
+    trust ratio (lars_exclude), as in the LARS paper; LAMB skips it for them too (adapt=False).
     """
     is_lars = cfg.name == "lars"
     params = list(model.parameters())
@@ -305,6 +308,8 @@ def param_groups(model: nn.Module, cfg: Optim) -> list[dict]:
     exempt = {"params": [p for p in params if id(p) in exempt_ids], "weight_decay": 0.0}
     if is_lars:
         exempt["lars_exclude"] = True
+    if cfg.name == "lamb":
+        exempt["adapt"] = False
     return [g for g in (decayed, exempt) if g["params"]]
 
 

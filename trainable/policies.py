@@ -92,3 +92,63 @@ def trivialaugment(cfg: PolicyConfig) -> Policy:
         bins = t.num_magnitude_bins
         return [(op, _magnitude(space, op, bins, int(rng.integers(bins)), rng, h, w))]
     return Policy(t, draw)
+
+
+class TimmPolicy:
+    """A policy of timm's (its RandAugment by a string such as rand-m7-mstd0.5-inc1), image by image.
+
+    timm's operations work on PIL images and draw from Python's `random` and NumPy's global
+    generator; each image seeds both from the trial's generator, and the caller's states are
+    put back after.
+    """
+
+    def __init__(self, config: str):
+        self.config = config
+        self.transforms: dict[tuple[int, int, int], Callable] = {}
+
+    def transform(self, c: int, h: int, w: int) -> Callable:
+        if (c, h, w) not in self.transforms:  # timm sizes translations by the image, as its create_transform does
+            from timm.data.auto_augment import rand_augment_transform
+            fill = (124, 116, 104) if c == 3 else (124,) * c  # timm's ImageNet mean as the fill
+            hparams = {"translate_const": int(min(h, w) * 0.45), "img_mean": fill}
+            self.transforms[(c, h, w)] = rand_augment_transform(self.config, hparams)
+        return self.transforms[(c, h, w)]
+
+    def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        import random
+
+        from PIL import Image
+        transform = self.transform(*images.shape[-3:])
+        out = torch.empty_like(images)
+        state, np_state = random.getstate(), np.random.get_state()
+        try:
+            for i, img in enumerate(images):
+                seed = int(rng.integers(2 ** 32))
+                random.seed(seed)
+                np.random.seed(seed)
+                hwc = img.permute(1, 2, 0).numpy()
+                pil = Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
+                done = torch.from_numpy(np.array(transform(pil), dtype=np.uint8))
+                out[i] = done[None] if done.dim() == 2 else done.permute(2, 0, 1)
+        finally:
+            random.setstate(state)
+            np.random.set_state(np_state)
+        return out
+
+
+def check_timm(config: str) -> str | None:
+    """Why timm refuses the policy string, or None."""
+    if config.split("-")[0] != "rand":
+        return "not a RandAugment string: it starts with rand-"
+    try:
+        from timm.data.auto_augment import rand_augment_transform
+        rand_augment_transform(config, {"translate_const": 100})
+    except Exception as e:  # timm raises assertion and value errors for a string it cannot parse
+        return f"{type(e).__name__}: {e}".rstrip(": ")
+    return None
+
+
+@POLICIES.register("timm")
+def timm_policy(cfg: PolicyConfig) -> TimmPolicy:
+    """timm's RandAugment (Wightman et al. 2021 trained RSB with it): its magnitudes run 0-10."""
+    return TimmPolicy(cfg.timm)

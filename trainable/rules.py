@@ -190,12 +190,21 @@ def exponential_warmup_starts_above_zero(cfg: TrialConfig, ctx: Context) -> None
 
 # ---- augment ---------------------------------------------------------------
 
+@rule("augment.policy.name", "augment.policy.timm")
+def timm_policy_parses(cfg: TrialConfig, ctx: Context) -> None:
+    if cfg.augment.policy.name == "timm":
+        from .policies import check_timm
+        if (reason := check_timm(cfg.augment.policy.timm)) is not None:
+            raise ConfigError("augment.policy.timm", f"timm cannot read {cfg.augment.policy.timm!r} ({reason})",
+                              "use timm's RandAugment form, e.g. rand-m7-mstd0.5-inc1")
+
+
 @rule("augment.repeated", "train.batch_size")
-def repeated_divides_batch(cfg: TrialConfig, ctx: Context) -> None:
+def repeated_fits_batch(cfg: TrialConfig, ctx: Context) -> None:
     r, batch = cfg.augment.repeated, cfg.train.batch_size
-    if batch % r:
-        raise ConfigError("augment.repeated", f"{r} must divide train.batch_size {batch}",
-                          "use a divisor of train.batch_size (1: off), or change train.batch_size")
+    if r > batch:
+        raise ConfigError("augment.repeated", f"{r} copies of an image do not fit in train.batch_size {batch}",
+                          "use at most train.batch_size copies (1: off)")
 
 
 @rule("augment.pad_mode", "augment.crop_padding", "data.")

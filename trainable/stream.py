@@ -46,6 +46,15 @@ def folder_paths(cfg: Data) -> tuple[Path, Path]:
     return base / cfg.train_dir, base / cfg.test_dir
 
 
+def missing_folder(cfg: Data) -> str | None:
+    """Why cfg's image folder cannot be read ("key: message; fix: ..."), or None."""
+    for folder in folder_paths(cfg):
+        if not folder.is_dir():
+            return (f"data.root: {folder} does not exist; fix: point data.root at a folder holding "
+                    f"{cfg.train_dir}/ and {cfg.test_dir}/, each with one subfolder of images per class")
+    return None
+
+
 def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height) of a random resized crop, as torchvision draws one:
     up to 10 tries of an area share in `scale` and a log-uniform aspect ratio, else the centre
@@ -146,10 +155,8 @@ class Source:
 @functools.lru_cache(maxsize=2)
 def source(cfg: Data) -> Source:
     train_dir, test_dir = folder_paths(cfg)
-    for folder in (train_dir, test_dir):
-        if not folder.is_dir():
-            from .data import missing
-            raise DatasetMissing(missing(cfg))
+    if (reason := missing_folder(cfg)) is not None:  # (the rules said so first, for a config they saw)
+        raise DatasetMissing(reason)
     paths, labels, classes = scan(str(train_dir))
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
     n_val = int(round(cfg.val_fraction * len(paths)))
@@ -181,9 +188,9 @@ class _TrainImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        i, epoch = key
-        rng = np.random.default_rng((self.seed, epoch, i))
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        i, epoch, copy = key
+        rng = np.random.default_rng((self.seed, epoch, i, copy))
         img = train_image(self.paths[i], self.size, self.scale, rng, flip=self.flip)
         if self.policy is not None:
             img = self.policy(img[None], rng)[0]
@@ -202,19 +209,26 @@ class _EvalImages(torch.utils.data.Dataset):
 
 
 class _EpochOrder(torch.utils.data.Sampler):
-    """Batches of (image, epoch) keys in the epoch's seeded order; the ragged tail is dropped."""
+    """Batches of (image, epoch, copy) keys in the epoch's seeded order; the ragged tail is dropped.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    With `repeated` r > 1 a batch holds ceil(batch / r) images, each up to r times (copy 0..r-1,
+    each its own crop), tiled and cut at the batch size, as augment.TrainBatches does.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, repeated: int = 1):
+        self.n, self.batch_size, self.seed, self.repeated = n, batch_size, seed, repeated
         self.epoch = 0  # set by the owner before each epoch
 
     def __len__(self) -> int:
         return self.n // self.batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
+        distinct = -(-self.batch_size // self.repeated)
         for b in range(len(self)):
-            yield [(int(i), self.epoch) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+            chunk = order[b * distinct:(b + 1) * distinct]
+            keys = [(int(i), self.epoch, copy) for copy in range(self.repeated) for i in chunk]
+            yield keys[:self.batch_size]
 
 
 def workers(cfg: Data) -> int:
@@ -234,7 +248,7 @@ class StreamBatches:
     def __init__(self, src: Source, cfg: Data, augment: Augment, batch_size: int, normalize: Normalize,
                  gen: torch.Generator, device: torch.device):
         seed = int(torch.randint(2 ** 62, (1,), device=gen.device, generator=gen))
-        self.order = _EpochOrder(len(src.train_paths), batch_size, seed)
+        self.order = _EpochOrder(len(src.train_paths), batch_size, seed, augment.repeated)
         images = _TrainImages(src, cfg.image_size, augment, seed)
         self.loader = _loader(images, device, cfg, batch_sampler=self.order)
         self.augment, self.normalize, self.gen, self.device = augment, normalize, gen, device
