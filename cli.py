@@ -156,6 +156,23 @@ def _workers(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers; use e.g. 2, or auto") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number; use e.g. 1000")
+    return value
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.isdigit() and 8 <= int(p) <= 4096 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image size; use N or WxH, each 8-4096, e.g. 64 or 500x375")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
 def _gpus(text: str) -> list[str]:
     from sweeps.gpus import parse
     try:
@@ -191,6 +208,18 @@ def cmd_train(args) -> int:
 def cmd_config(args) -> int:
     from trainable.config import defaults_text
     print(defaults_text())
+    return 0
+
+
+def cmd_data(args) -> int:
+    from trainable.config import from_flat
+    from trainable.export import write_image_folder
+    source = from_flat({"data.dataset": args.source, **{f"data.{k}": v for k, v in
+                                                         _parse_sets(args.sets, "root=~/data").items()}}).data
+    root = write_image_folder(args.out, source, args.train, args.test, args.size)
+    size = "x".join(map(str, args.size)) if isinstance(args.size, tuple) else args.size
+    print(f"{root}: {args.train} training and {args.test} test images of {args.source} as {size} px JPEGs; "
+          f"use it with --set base.data.dataset=image_folder --set base.data.root={root}")
     return 0
 
 
@@ -324,6 +353,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="the trial config's keys")
     p.add_argument("--defaults", action="store_true", help="print every key with its default (the default)")
     p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("data", help="write a data set out as an image folder of JPEGs (train/ and val/, a "
+                       "folder per class), e.g. for the ImageNet recipes' small presets")
+    p.add_argument("out", help="the folder to write (kept as it is once complete)")
+    p.add_argument("--source", default="fashion_mnist", help="the data set to write out (default fashion_mnist)")
+    p.add_argument("--size", type=_image_size, default=64, help="image size: N or WxH (default 64)")
+    p.add_argument("--train", type=_positive, default=10000, help="training images (default 10000)")
+    p.add_argument("--test", type=_positive, default=2000, help="test images (default 2000)")
+    _set_args(p, "data keys of the source (e.g. root=~/data)")
+    p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("models", help="registered architectures")
     p.add_argument("name", nargs="?")

@@ -167,3 +167,18 @@ def test_a_folder_four_times_the_memory_in_use_trains_two_epochs_with_flat_memor
     first, second = map(float, out.stdout.split()[-2:])
     assert decoded >= 4 * second, (decoded, second)
     assert second - first < 0.05 * first + 30, (first, second)  # flat: no growth with what was read
+
+
+def test_sweep_data_writes_a_data_set_out_as_an_image_folder_once(tmp_path):
+    out = tmp_path / "fm"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "data", str(out), "--size", "48x40", "--train", "30", "--test", "10"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    paths, labels, classes = stream.scan(str(out / "train"))
+    assert len(paths) == 30 and classes == tuple(f"class{c:03d}" for c in range(10))
+    assert Image.open(paths[0]).size == (48, 40) and Image.open(paths[0]).mode == "RGB"
+    assert len(stream.scan(str(out / "val"))[0]) == 10
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # complete: kept as it is
+    assert again.returncode == 0 and os.path.getmtime(paths[0]) == os.path.getmtime(stream.scan(str(out / "train"))[0][0])
+    bad = subprocess.run(cmd[:3] + ["--size", "4x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not an image size" in bad.stderr and "Traceback" not in bad.stderr
