@@ -69,3 +69,14 @@ def test_random_resized_crop_keeps_its_area_range():
     assert torch.allclose(widths, torch.full_like(widths, 32 * 15 / 16), atol=0.6)
     full = random_resized_crop(ramp[:4], 64, (1.0, 1.0), gen, ratio=(1.0, 1.0))
     assert torch.allclose(full, ramp[:4], atol=1e-4)
+
+
+def test_every_data_set_can_be_evaluated_at_another_resolution():
+    """FixRes for the resident data sets too: Fashion-MNIST trained at 28 px, evaluated at 36."""
+    from trainable.config import Data
+    splits = tdata.load(Data(dataset="fashion_mnist", subset=64, eval_subset=32, test_size=36))
+    assert splits.train_x.shape[-2:] == (28, 28) and splits.val_x.shape[-2:] == (36, 36)
+    assert splits.test_x.shape == (32, 1, 36, 36) and splits.test_x.dtype == torch.uint8
+    result = train(from_flat({"data.subset": 256, "data.eval_subset": 64, "data.test_size": 36, "model.depth": 8,
+                              "model.base_channels": 4, "train.epochs": 1}))
+    assert 0.0 <= result["test_error"] <= 1.0

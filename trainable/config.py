@@ -84,7 +84,8 @@ class Data:
     train_dir: str = opt("train", "image_folder: subfolder of class folders for training (and validation)")
     test_dir: str = opt("val", "image_folder: subfolder of class folders for testing")
     image_size: int = opt(224, "image_folder: training resolution (random-resized-crop output)", check=AT_LEAST_1)
-    test_size: Optional[int] = opt(None, "image_folder: evaluation resolution (FixRes; null: image_size)",
+    test_size: Optional[int] = opt(None, "evaluation resolution (FixRes; null: the training resolution: "
+                                   "image_size for image_folder, the images' own size for the others)",
                                    check=AT_LEAST_1)
     eval_crop: float = opt(0.875, "image_folder: share of the resized shorter side the evaluation's centre crop "
                            "keeps (RSB: 0.95)", check=Range(0, 1, low_open=True))

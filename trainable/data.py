@@ -248,6 +248,12 @@ def _eval_view(x: torch.Tensor, size: int, share: float) -> torch.Tensor:
     return TF.resize(TF.center_crop(x, [crop, crop]), [size, size], antialias=True)
 
 
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images resized (bilinear, antialiased) to size x size."""
+    from torchvision.transforms.v2 import functional as TF
+    return TF.resize(x, [size, size], antialias=True)
+
+
 def load(cfg: Data) -> Splits:
     """The seeded train/val/test split of cfg.dataset, on the CPU (its values checked by trainable.rules)."""
     if cfg.dataset == "image_folder":
@@ -267,6 +273,8 @@ def load(cfg: Data) -> Splits:
     train_x, val_x = x[train_idx], x[val_idx]
     if cfg.dataset == "image_folder":
         val_x, test_x = _eval_view(val_x, test_size, cfg.eval_crop), _eval_view(test_x, test_size, cfg.eval_crop)
+    elif cfg.test_size is not None and cfg.test_size != x.shape[-1]:  # FixRes: evaluated at another size
+        val_x, test_x = (_resized(t, cfg.test_size) for t in (val_x, test_x))
     scaled = train_x[:60000].float().div_(255)  # a random sample bounds the cost on big folders
     mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
     std = tuple(scaled.std(dim=(0, 2, 3)).tolist())
