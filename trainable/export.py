@@ -19,15 +19,15 @@ def write_image_folder(root: str | Path, source: Data, train: int, test: int, si
                        quality: int = 90, seed: int = 0) -> Path:
     """`train` and `test` images of `source` (cycling through it), resized to `size` (w, h), as JPEGs.
 
-    Grayscale images get a tint per class, so colour carries some of the label as in photos.
-    A folder that already holds a complete copy is returned as it is.
+    Grayscale images get a random tint each (seeded), so the three channels differ as in photos
+    without telling the class apart. A folder that already holds a complete copy is returned as it is.
     """
     root = Path(root).expanduser()
     w, h = (size, size) if isinstance(size, int) else size
     if (root / DONE).exists():
         return root
     splits = load(dataclasses.replace(source, val_fraction=0.0, subset=None, eval_subset=None))
-    tints = np.random.default_rng(seed).uniform(0.5, 1.0, size=(splits.num_classes, 3))
+    rng = np.random.default_rng(seed)
     for split, n, x, y in (("train", train, splits.train_x, splits.train_y),
                            ("val", test, splits.test_x, splits.test_y)):
         for c in range(splits.num_classes):
@@ -38,7 +38,7 @@ def write_image_folder(root: str | Path, source: Data, train: int, test: int, si
             img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).resize((w, h), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
             if arr.ndim == 2:
-                arr = arr[..., None] * tints[label]
+                arr = arr[..., None] * rng.uniform(0.5, 1.0, size=3)
             Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(root / split / f"class{label:03d}" / f"{i:07d}.jpg",
                                                                     quality=quality)
     (root / DONE).touch()
