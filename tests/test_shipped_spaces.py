@@ -3,6 +3,7 @@ estimate: nothing trains), and lr_wd runs end to end at a small size (slow)."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,11 @@ SPACES = sorted((ROOT / "spaces").glob("*.yaml"))
 CPU_SIZED = {"quickstart"}  # small enough as they are: no cpu preset needed
 # The specs that reproduce a table of the reference README carry its numbers.
 WITH_REFERENCE = {"regularizers", "linear_scaling", "lr_batch", "lars_vs_sgd", "epochs", "no_wd_on_bn",
-                  "precision", "ghost_bn", "recipes"}
+                  "precision", "ghost_bn", "recipes", "rsb", "bag_of_tricks"}
+# The ImageNet recipes: their cpu presets are smoke runs on Fashion-MNIST written out as JPEGs
+# (`sweep data`), in under 20 minutes.
+IMAGENET = {"rsb": 20, "bag_of_tricks": 20}
+JPEGS = ".cache/recipe-sweep/data/fashion-mnist-jpeg-64"  # under $HOME, as the presets name it
 
 # ---- a static estimate of a cpu preset's time on 2 cores ------------------
 # Measured on the project's 2-core machine with one short trial each, e.g.
@@ -43,19 +48,20 @@ FP32_SLOWDOWN = 2.0
 EVAL_SPEEDUP = 5.0         # evaluation per image vs training per image
 POLICY_S = 1.0e-3          # augment.policy, per training image
 TRIAL_OVERHEAD_S = 5.0     # building the model, loading the data, checkpoints
-MACS_LIKE = {"resnet_preact", "resnet", "se_resnet_preact"}  # as fast as their multiply-adds say
+MACS_LIKE = {"resnet_preact", "resnet", "se_resnet_preact", "resnet_imagenet"}  # as fast as their multiply-adds say
 GHOST_COST = 32            # ghost batch norm: the rate divided by 1 + GHOST_COST / ghost_batch
-TRAIN_IMAGES = {"fashion_mnist": 60000, "mnist": 60000, "kmnist": 60000, "cifar10": 50000, "cifar100": 50000}
+TRAIN_IMAGES = {"fashion_mnist": 60000, "mnist": 60000, "kmnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                "image_folder": 10000}  # `sweep data`'s default
 TEST_IMAGES = 10000
 
 
 _MACS: dict[tuple[str, str], int] = {}
 
 
-def _macs(model: Model, dataset: str) -> int:
-    key = (repr(model), dataset)  # a Model may hold lists, so it is no dict key itself
+def _macs(model: Model, dataset: str, image_size: int = 224) -> int:
+    key = (repr(model), dataset, image_size)  # a Model may hold lists, so it is no dict key itself
     if key not in _MACS:
-        _MACS[key] = size(model, dataset)[1]
+        _MACS[key] = size(model, dataset, image_size)[1]
     return _MACS[key]
 
 
@@ -66,7 +72,7 @@ def run_seconds(cfg) -> float:
     n_val = round(total * data.val_fraction)
     n_train = min(total - n_val, data.subset or total)
     n_val, n_test = (min(n, data.eval_subset or n) for n in (n_val, TEST_IMAGES))
-    speedup = _macs(REF_MODEL, data.dataset) / _macs(cfg.model, data.dataset)
+    speedup = _macs(REF_MODEL, "fashion_mnist") / _macs(cfg.model, data.dataset, data.image_size)
     rate = REF_IMAGES_PER_S * min(MAX_SPEEDUP, speedup) * min(1.0, train.batch_size / 128) ** 0.5
     rate /= FP32_SLOWDOWN if train.precision == "fp32" else 1.0
     rate /= 1.0 if cfg.model.name in MACS_LIKE else 2.0
@@ -120,10 +126,24 @@ def cpu_spec(path: Path):
     return load_spec(path) if path.stem in CPU_SIZED else load_spec(path, preset="cpu")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _jpeg_folder(tmp_path_factory):
+    """The image folder the ImageNet recipes' cpu presets read, written where they look for it
+    ($HOME, pointed at a temporary folder for these tests)."""
+    from trainable.config import Data
+    from trainable.export import write_image_folder
+    home = tmp_path_factory.mktemp("home")
+    write_image_folder(home / JPEGS, Data(dataset="fashion_mnist"), 10000, 2000, 64)
+    before = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    yield
+    os.environ["HOME"] = before or ""
+
+
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_shipped_space_is_valid(path: Path):
-    """Valid on a GPU machine at full size, and on this one under each preset."""
-    spec = load_spec(path, context=rules.Context(device="cuda"))
+    """Valid on a GPU machine at full size (its data there, not here), and on this one under each preset."""
+    spec = load_spec(path, context=rules.Context(device="cuda", local=False))
     assert spec.name == path.stem and spec.trials
     assert path.stem in CPU_SIZED or "cpu" in spec.presets, "every shipped spec has a cpu preset"
     for preset in spec.presets:
@@ -134,11 +154,16 @@ def test_shipped_space_is_valid(path: Path):
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_cpu_preset_fits_an_hour(path: Path):
     spec = cpu_spec(path)
-    assert spec.base.data.dataset == "fashion_mnist" and not spec.base.data.download, \
-        "a cpu run uses the Fashion-MNIST files installed by scripts/setup.sh"
-    assert spec.seeds >= 2 or path.stem in CPU_SIZED | {"lr_wd", "optimizers"}, "several seeds"
+    data = spec.base.data
+    if path.stem in IMAGENET:  # a smoke run on Fashion-MNIST written out as JPEGs
+        assert data.dataset == "image_folder" and data.root == "~/" + JPEGS
+    else:
+        assert data.dataset == "fashion_mnist" and not data.download, \
+            "a cpu run uses the Fashion-MNIST files installed by scripts/setup.sh"
+        assert spec.seeds >= 2 or path.stem in CPU_SIZED | {"lr_wd", "optimizers"}, "several seeds"
     minutes = estimate_minutes(spec)
-    assert minutes <= CPU_MINUTES, f"{path.stem} --preset cpu: about {minutes:.0f} minutes on 2 cores"
+    limit = IMAGENET.get(path.stem, CPU_MINUTES)
+    assert minutes <= limit, f"{path.stem} --preset cpu: about {minutes:.0f} minutes on 2 cores"
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)

@@ -149,7 +149,8 @@ BOUNDED = textwrap.dedent('''
     seen = []
     cfg = from_flat({{"data.dataset": "image_folder", "data.root": {folder!r}, "data.image_size": 32,
                       "data.storage": "stream", "data.workers": 2, "data.val_fraction": 0.02,
-                      "data.eval_subset": 64, "augment.crop_padding": 0, "model.depth": 8,
+                      "data.eval_subset": 64, "augment.crop_padding": 0, "augment.random_resized_crop": True,
+                      "model.depth": 8,
                       "model.base_channels": 4, "train.epochs": 2, "train.batch_size": 64, "train.threads": 1}})
     train(cfg, lambda epoch, metrics: seen.append(rss()))
     print(seen[0], seen[1])
