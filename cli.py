@@ -102,15 +102,21 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def _sweep(args) -> str:
+    """The sweep NAME|SPEC names (a spec file's name is read within the spec's bounds)."""
+    from search_spaces import sweep_name
+    return sweep_name(args.sweep)
+
+
 def cmd_status(args) -> int:
     import analysis
-    print(analysis.status(args.sweep, args.storage, args.dir))
+    print(analysis.status(_sweep(args), args.storage, args.dir))
     return 0
 
 
 def cmd_table(args) -> int:
     import analysis
-    frame = analysis.load(args.sweep, args.storage, args.dir)
+    frame = analysis.load(_sweep(args), args.storage, args.dir)
     objective = frame.attrs.get("spec", {}).get("objective") or {}
     if args.by is not None or args.summary:
         by = [c for c in (args.by or "").split(",") if c]
@@ -127,7 +133,7 @@ def cmd_plot(args) -> int:
     import analysis
     from analysis import figures
     figures.KINDS.get(args.kind)  # an unknown kind fails before the sweep is read
-    frame = analysis.load(args.sweep, args.storage, args.dir)
+    frame = analysis.load(_sweep(args), args.storage, args.dir)
     fig = figures.plot(args.kind, frame, metric=args.metric, by=args.by)
     from analysis.report import CannotWrite
     out = Path(args.out or Path(args.dir) / f"{frame.attrs['name']}-{args.kind}.html")
@@ -239,17 +245,17 @@ def cmd_models(args) -> int:
 
 def cmd_report(args) -> int:
     from analysis.report import write
-    print(write(args.sweep, args.out, args.storage, args.dir, top=args.top))
+    print(write(_sweep(args), args.out, args.storage, args.dir, top=args.top))
     return 0
 
 
 def cmd_dashboard(args) -> int:
-    from analysis.load import open_study, sweep_name
+    from analysis.load import open_study
     from sweeps.base import SweepError
     from sweeps.storage import resolve
     if not 0 < args.port < 65536:
         raise SweepError(f"--port {args.port} is not a TCP port; fix: pass one from 1 to 65535, e.g. 8080")
-    name = sweep_name(args.sweep)
+    name = _sweep(args)
     url = resolve(name, args.storage, args.dir)
     open_study(name, url)  # fails clearly if the sweep does not exist
     try:

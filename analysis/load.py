@@ -13,10 +13,8 @@ import optuna
 import pandas as pd
 import sqlalchemy.exc
 
-from search_spaces import read, valid_name
 from sweeps import record
-from sweeps.storage import DEFAULT_DIR, password, resolve, shown, sqlite_file
-from trainable.errors import UserError
+from sweeps.storage import DEFAULT_DIR, ResultsError, password, resolve, shown, sqlite_file
 
 META = ["trial", record.SEED, record.STATE]
 METRICS = [*record.RUN_KEYS, record.ERROR]
@@ -24,11 +22,11 @@ STATE = {"COMPLETE": record.COMPLETE, "PRUNED": record.PRUNED, "FAIL": record.FA
          "WAITING": "waiting"}
 
 
-class SweepNotFound(UserError, LookupError):
+class SweepNotFound(ResultsError, LookupError):
     """No stored sweep of that name (or no storage where it was looked for)."""
 
 
-class StorageUnreadable(UserError):
+class StorageUnreadable(ResultsError):
     """The storage cannot be read: not a database, a server that does not answer, a wrong URL."""
 
 
@@ -48,19 +46,11 @@ def _unreadable(url: str, e: Exception) -> StorageUnreadable:
 
 
 def sweep_name(name_or_spec) -> str:
-    """A sweep's name from a SweepSpec, a spec file path or the name itself."""
+    """A sweep's name from a SweepSpec or the name itself (the CLI and the notebook turn a spec
+    file into its name with search_spaces.sweep_name)."""
     if hasattr(name_or_spec, "name") and hasattr(name_or_spec, "space"):
         return name_or_spec.name
-    text = str(name_or_spec)
-    if text.endswith((".yaml", ".yml")) and Path(text).is_file():
-        data, _, _ = read.read(read.text_of(Path(text).read_bytes(), text), text)  # bounded; a SpecError is one line
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise SweepNotFound(f"{text}: the spec has no name; fix: add `name: ...` to it")
-        text = data["name"]
-    if not valid_name(text):  # it becomes file names under --dir
-        raise SweepNotFound(f"{text[:100]!r} is not a sweep name (at most 100 letters, digits, '_', '-' or '.'); "
-                            "fix: give the name of a sweep or its spec file")
-    return text
+    return str(name_or_spec)
 
 
 def open_study(name_or_spec, storage: str | None = None, directory: str | Path = DEFAULT_DIR) -> optuna.Study:
@@ -80,7 +70,7 @@ def open_study(name_or_spec, storage: str | None = None, directory: str | Path =
             except KeyError:
                 names = optuna.get_all_study_names(url)
                 raise SweepNotFound(f"no sweep {name!r} in {shown(url)}; fix: use one of {names}") from None
-        except UserError:
+        except ResultsError:
             raise
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, OSError) as e:
             raise _unreadable(url, e) from None  # a damaged file, a server that does not answer, no driver

@@ -13,8 +13,7 @@ import plotly.offline
 import yaml
 
 from sweeps import record
-from sweeps.storage import DEFAULT_DIR
-from trainable.errors import UserError
+from sweeps.storage import DEFAULT_DIR, ResultsError
 
 from . import figures
 from .figures.base import objective, per_config, varied
@@ -48,7 +47,7 @@ pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; }}
 SECTION = '<section id="{id}">\n<h2>{title}</h2>\n{body}\n</section>'
 
 
-class ReportError(UserError, ValueError):
+class ReportError(ResultsError, ValueError):
     """A sweep that cannot be reported (it has no trials yet); the message says what to do."""
 
 
@@ -89,7 +88,7 @@ def write(name_or_spec, out: str | Path | None = None, storage: str | None = Non
     return path
 
 
-class CannotWrite(UserError):
+class CannotWrite(ResultsError):
     """The report (or a figure) cannot be written where it was asked for."""
 
 

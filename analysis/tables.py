@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from trainable.errors import UnknownName
+from sweeps.storage import UnknownResult
 
 SHOWN = ["val_error", "best_val_error", "test_error", "epochs_done", "duration_s"]
 
@@ -29,7 +29,7 @@ def summary(frame: pd.DataFrame, by: list[str] | None = None, metric: str = "tes
     missing = [c for c in by if c not in frame.columns]
     if missing:
         known = ", ".join(c for c in frame.columns if c not in ("error",))
-        raise UnknownName(f"--by: no column {missing[0]!r}; fix: use one of {known}")
+        raise UnknownResult(f"--by: no column {missing[0]!r}; fix: use one of {known}")
     done = frame[frame["state"] == "complete"]
     if not by:
         done = done.assign(config="all")

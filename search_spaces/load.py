@@ -37,6 +37,20 @@ def valid_name(name) -> bool:
     return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
 
 
+def sweep_name(text: str) -> str:
+    """The sweep a command names: a spec file's `name` (read within the spec's bounds) or the name
+    itself; a SpecError for a spec without a name, or for a name that would leave --dir."""
+    if text.endswith((".yaml", ".yml")) and Path(text).is_file():
+        data, _, _ = read.read(text_of(Path(text).read_bytes(), text), text)
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise SpecError(text, None, "name", "the spec has no name", "add `name: ...` to it")
+        text = data["name"]
+    if not valid_name(text):  # it becomes file names under --dir
+        raise SpecError(repr(text[:100]), None, "name", "is not a sweep name (at most 100 letters, digits, '_', "
+                        "'-' or '.')", "give the name of a sweep or its spec file")
+    return text
+
+
 def load_spec(path: str | Path, overrides: list[str] = (), preset: str | None = None, context=None,
               every_preset: bool = False) -> SweepSpec:
     """Read a spec file, apply a preset and `key=value` overrides, validate it.

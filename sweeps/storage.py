@@ -3,7 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainable.errors import UnknownName, UserError
+
 DEFAULT_DIR = "runs"
+
+
+class ResultsError(UserError):
+    """What stored results cannot give: no such sweep, an unreadable storage, a figure or report they
+    cannot make. The analysis layer, which reads results through this module and sweeps.record only,
+    raises these; the CLI prints them as one line."""
+
+
+class UnknownResult(ResultsError, UnknownName):
+    """A column or figure kind the results do not have; the message lists the known ones."""
 
 
 def default_url(name: str, directory: str | Path = DEFAULT_DIR) -> str:

@@ -109,6 +109,11 @@ def test_the_spec_language_imports_no_engine_or_analysis():
     assert _reaching("search_spaces", ("sweeps", "analysis", "cli")) == []
 
 
+def test_analysis_reads_stored_results_only():
+    """No trainable, no spec language, no CLI: what analysis knows of a sweep is what was stored."""
+    assert _reaching("analysis", ("trainable", "search_spaces", "cli")) == []
+
+
 def test_analysis_reads_sweeps_only_through_the_record_and_the_storage():
     assert [(name, dep) for name, dep in _reaching("analysis", ("sweeps",))
             if dep not in ("sweeps.record", "sweeps.storage")] == []

@@ -15,12 +15,12 @@ from typing import Callable
 import pandas as pd
 import plotly.graph_objects as go
 
-from trainable.errors import UnknownName, UserError
+from sweeps.storage import ResultsError, UnknownResult
 
 from ..load import META, METRICS
 
 
-class FigureError(UserError, ValueError):
+class FigureError(ResultsError, ValueError):
     """A figure that cannot be drawn from this sweep; the message says which key would fix it."""
 
 
@@ -53,7 +53,7 @@ class Kinds:
         if name not in self.items:
             close = difflib.get_close_matches(str(name), self.items, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownName(f"--kind: unknown figure kind {name!r}{hint}; known: {', '.join(self.names())}")
+            raise UnknownResult(f"--kind: unknown figure kind {name!r}{hint}; known: {', '.join(self.names())}")
         return self.items[name]
 
     def names(self) -> list[str]:
