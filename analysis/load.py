@@ -14,7 +14,7 @@ import pandas as pd
 import sqlalchemy.exc
 
 from sweeps import record
-from sweeps.storage import DEFAULT_DIR, ResultsError, password, resolve, shown, sqlite_file
+from sweeps.storage import DEFAULT_DIR, ResultsError, masked, resolve, shown, sqlite_file
 
 META = ["trial", record.SEED, record.STATE]
 METRICS = [*record.RUN_KEYS, record.ERROR]
@@ -31,9 +31,7 @@ class StorageUnreadable(ResultsError):
 
 
 def _unreadable(url: str, e: Exception) -> StorageUnreadable:
-    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    if secret := password(url):
-        text = text.replace(secret, "***")
+    text = masked(str(e).strip().splitlines()[0][:200] if str(e).strip() else "", url)
     path = sqlite_file(url)
     if path is not None and path.is_dir():
         fix = f"{path} is a folder: pass --dir or --storage where the sweep's results are"

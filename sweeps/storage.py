@@ -48,14 +48,14 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
-def password(url: str) -> str | None:
-    """The password in `url`, if it has one (to mask it in a driver's message too)."""
+def masked(text: str, url: str) -> str:
+    """`text` (a driver's message about `url`) with the URL's password, if any, shown as ***."""
     try:
         from sqlalchemy.engine import make_url
         secret = make_url(url).password
     except Exception:  # not a URL SQLAlchemy can parse
-        return None
-    return str(secret) if secret else None
+        return text
+    return text.replace(str(secret), "***") if secret else text
 
 
 def shown(url: str) -> str:

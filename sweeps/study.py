@@ -29,7 +29,7 @@ from trainable.config import non_defaults
 from . import compat, record
 from .base import RunSummary, SweepError
 from .sampling import SAMPLERS
-from .storage import password, shown, sqlite_file
+from .storage import masked, shown, sqlite_file
 
 if TYPE_CHECKING:
     from search_spaces import SweepSpec
@@ -150,9 +150,7 @@ def _cannot_open(url: str, e: Exception) -> SweepError:
         fix = ("check that the server runs and the URL, or give a SQLAlchemy URL such as "
                "sqlite:///runs/name.db or postgresql://user:PASSWORD@host/db")
     # Neither the URL nor the driver's message may show the password.
-    if secret := password(url):
-        text = text.replace(secret, "***")
-    return SweepError(f"--storage: cannot open {shown(url)!r}: {text}; fix: {fix}")
+    return SweepError(f"--storage: cannot open {shown(url)!r}: {masked(text, url)}; fix: {fix}")
 
 
 # ---- the study ----------------------------------------------------------------
