@@ -219,13 +219,13 @@ def cmd_config(args) -> int:
 
 def cmd_data(args) -> int:
     from trainable.config import from_flat
-    from trainable.export import write_image_folder
+    from trainable.export import write
     source = from_flat({"data.dataset": args.source, **{f"data.{k}": v for k, v in
                                                          _parse_sets(args.sets, "root=~/data").items()}}).data
-    root = write_image_folder(args.out, source, args.train, args.test, args.size)
-    size = "x".join(map(str, args.size)) if isinstance(args.size, tuple) else args.size
-    print(f"{root}: {args.train} training and {args.test} test images of {args.source} as {size} px JPEGs; "
-          f"use it with --set base.data.dataset=image_folder --set base.data.root={root}")
+    root = write(args.out, source, args.train, args.test, args.size, shards=args.shards)
+    what = (f"as shards of {args.shards} images" if args.shards else "as an image folder")
+    dataset = "image_shards" if args.shards else "image_folder"
+    print(f"{root}: {args.source} {what}; use it with --set base.data.dataset={dataset} --set base.data.root={root}")
     return 0
 
 
@@ -360,13 +360,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--defaults", action="store_true", help="print every key with its default (the default)")
     p.set_defaults(fn=cmd_config)
 
-    p = sub.add_parser("data", help="write a data set out as an image folder of JPEGs (train/ and val/, a "
-                       "folder per class), e.g. for the ImageNet recipes' small presets")
+    p = sub.add_parser("data", help="write a data set out as image files (train/ and val/): an image folder "
+                       "(a folder per class) or tar shards; e.g. for the ImageNet recipes' small presets, or an "
+                       "image folder as shards")
     p.add_argument("out", help="the folder to write (kept as it is once complete)")
-    p.add_argument("--source", default="fashion_mnist", help="the data set to write out (default fashion_mnist)")
-    p.add_argument("--size", type=_image_size, default=64, help="image size: N or WxH (default 64)")
-    p.add_argument("--train", type=_positive, default=10000, help="training images (default 10000)")
-    p.add_argument("--test", type=_positive, default=2000, help="test images (default 2000)")
+    p.add_argument("--source", default="fashion_mnist", help="the data set to write out (default fashion_mnist; "
+                   "image_folder with --set root=DIR copies that folder's files)")
+    p.add_argument("--size", type=_image_size, default=64, help="image size of a registered data set's JPEGs: N or "
+                   "WxH (default 64)")
+    p.add_argument("--train", type=_positive, help="training images (default 10000, all of an image folder)")
+    p.add_argument("--test", type=_positive, help="test images (default 2000, all of an image folder)")
+    p.add_argument("--shards", type=_positive, default=0, metavar="N",
+                   help="write tar shards of N images each (WebDataset's layout) instead of a folder per class")
     _set_args(p, "data keys of the source (e.g. root=~/data)")
     p.set_defaults(fn=cmd_data)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainable.config import Data
-from trainable.export import write_image_folder
+from trainable.export import write
 
 
 def write_jpeg_folder(root: Path, train: int, test: int, size: int | tuple[int, int]) -> Path:
-    return write_image_folder(root, Data(dataset="fashion_mnist"), train, test, size)
+    return write(root, Data(dataset="fashion_mnist"), train, test, size)

@@ -34,6 +34,19 @@ def _tiny_folder() -> str:
 
 
 FOLDER = _tiny_folder()
+
+
+def _tiny_shards() -> str:
+    """FOLDER's images as tar shards (sweep data --shards)."""
+    import tempfile
+
+    from trainable.config import Data
+    from trainable.export import write
+    return str(write(Path(tempfile.mkdtemp(prefix="one-check-shards-")), Data(dataset="image_folder", root=FOLDER),
+                     None, None, 0, shards=1))
+
+
+SHARDS = _tiny_shards()
 OLD_GPU = rules.Context(device="cuda", native_bf16=False)  # compute capability below 8.0
 HEAD = "name: t\nbudget: {trials: 2}\nbase:\n  data.subset: 1000\n"  # base entries from line 5
 
@@ -94,6 +107,9 @@ CROSS_CASES = [
     ("data_present", "data.dataset", {"data.root": "/nonexistent"}, "cifar10", "fashion_mnist"),
     ("streamed_folders_take_resized_crops", "data.storage",
      {"data.dataset": "image_folder", "data.root": FOLDER, "augment.crop_padding": 0}, "stream", "resident"),
+    ("shards_are_streamed", "data.storage", {"data.dataset": "image_shards", "data.root": SHARDS,
+                                             "augment.crop_padding": 0, "augment.random_resized_crop": True},
+     "resident", "stream"),
     ("nesterov_needs_momentum", "optim.momentum", {}, 0.0, 0.9),  # Nesterov is on by default
     ("warmup_leaves_training", "schedule.warmup_epochs", {"train.epochs": 2}, 2.0, 1.0),
     ("exponential_warmup_starts_above_zero", "schedule.warmup_mode", {}, "exponential", "linear"),  # start 0

@@ -131,9 +131,9 @@ def _jpeg_folder(tmp_path_factory):
     """The image folder the ImageNet recipes' cpu presets read, written where they look for it
     ($HOME, pointed at a temporary folder for these tests)."""
     from trainable.config import Data
-    from trainable.export import write_image_folder
+    from trainable.export import write
     home = tmp_path_factory.mktemp("home")
-    write_image_folder(home / JPEGS, Data(dataset="fashion_mnist"), 10000, 2000, 64)
+    write(home / JPEGS, Data(dataset="fashion_mnist"), 10000, 2000, 64)
     before = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     yield

@@ -91,7 +91,12 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class Normalize:
-    """uint8 -> float, (x/255 - mean) / std as one fused multiply-add."""
+    """uint8 -> float, (x/255 - mean) / std, in place on the converted copy.
+
+    Scale and shift are laid out per image in the batch's memory format, so the multiply and
+    add broadcast over the batch only: with channels_last, a (1, C, 1, 1) operand would put a
+    3-element broadcast innermost, which runs several times slower (BENCHMARKS.md).
+    """
 
     def __init__(self, mean, std, enabled: bool, device, channels_last: bool):
         mean = torch.tensor(mean if enabled else [0.0] * len(mean), device=device)
@@ -99,10 +104,20 @@ class Normalize:
         self.scale = (1.0 / (255.0 * std))[None, :, None, None]
         self.shift = (-mean / std)[None, :, None, None]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._per_image: tuple[torch.Size, torch.Tensor, torch.Tensor] | None = None
+
+    def _operands(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._per_image is None or self._per_image[0] != shape:
+            one = (1, *shape[1:])
+            scale, shift = (t.expand(one).contiguous(memory_format=self.memory_format) for t in (self.scale, self.shift))
+            self._per_image = (shape, scale, shift)
+        return self._per_image[1], self._per_image[2]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        scale, shift = self._operands(x.shape)
+        out = torch.empty_like(x, dtype=torch.float32, memory_format=self.memory_format).copy_(x)
+        return out.mul_(scale).add_(shift)
 
 
 ERASE_VALUES = registries.ERASE_VALUES

@@ -53,11 +53,16 @@ def dataset(name: str, facts: Facts | None = None):
     return add
 
 
+def reads_files(cfg: Data) -> bool:
+    """Whether the data set is a folder or shards of image files (trainable.stream), not a registered loader."""
+    return cfg.dataset in registries.FILE_DATASETS
+
+
 def image_shape(cfg: Data) -> tuple[int, int, int] | None:
     """The shape of one training image as the model sees it (None: not known before loading)."""
     if cfg.dataset == "synthetic":
         return tuple(cfg.synthetic_shape) if len(cfg.synthetic_shape) == 3 else None
-    if cfg.dataset == "image_folder":
+    if reads_files(cfg):
         return (3, cfg.image_size, cfg.image_size)
     return FACTS[cfg.dataset].shape if cfg.dataset in FACTS else None
 
@@ -73,7 +78,7 @@ def train_images(cfg: Data) -> int | None:
 
 def missing(cfg: Data) -> str | None:
     """Why cfg's data set cannot be loaded on this machine without a download, or None."""
-    if cfg.dataset == "image_folder":
+    if reads_files(cfg):
         from .stream import missing_folder
         return missing_folder(cfg)
     root = _root(cfg)
@@ -201,7 +206,8 @@ def _stored_size(cfg: Data) -> int:
 
 def resident_bytes(cfg: Data) -> int:
     """What an image folder takes held decoded in memory (train, val and test)."""
-    from .stream import folder_paths, scan
+    from .images import folder_paths
+    from .stream import scan
     train_dir, test_dir = folder_paths(cfg)
     n = sum(len(scan(str(d))[0]) for d in (train_dir, test_dir) if d.is_dir())
     return n * 3 * _stored_size(cfg) ** 2
@@ -209,6 +215,8 @@ def resident_bytes(cfg: Data) -> int:
 
 def streams(cfg: Data) -> bool:
     """Whether the data set is read from disk each epoch (trainable.stream) instead of held in memory."""
+    if cfg.dataset == "image_shards":
+        return True
     if cfg.dataset != "image_folder" or cfg.storage == "resident":
         return False
     return cfg.storage == "stream" or resident_bytes(cfg) > RESIDENT_SHARE * _ram()

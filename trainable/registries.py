@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .registry import Registry
 
-DATASETS = Registry("dataset", home="trainable.data", extra=("image_folder",))
+FILE_DATASETS = ("image_folder", "image_shards")  # read from image files by trainable.stream, not registered loaders
+DATASETS = Registry("dataset", home="trainable.data", extra=FILE_DATASETS)
 MODELS = Registry("model", home="trainable.models")
 OPTIMIZERS = Registry("optimizer", home="trainable.optim")
 SCHEDULES = Registry("schedule", home="trainable.schedules")

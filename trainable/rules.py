@@ -145,15 +145,23 @@ def data_present(cfg: TrialConfig, ctx: Context) -> None:
         raise ConfigError(key, message, fix)
 
 
+@rule("data.dataset", "data.storage")
+def shards_are_streamed(cfg: TrialConfig, ctx: Context) -> None:
+    if cfg.data.dataset == "image_shards" and cfg.data.storage == "resident":
+        raise ConfigError("data.storage", "resident: tar shards are read as a stream", "use data.storage: auto or "
+                          "stream, or write an image folder with `sweep data` to hold the images in memory")
+
+
 @rule("data.dataset", "data.storage", "augment.random_resized_crop", "data.")
 def streamed_folders_take_resized_crops(cfg: TrialConfig, ctx: Context) -> None:
-    if cfg.data.dataset != "image_folder" or cfg.augment.random_resized_crop or cfg.data.storage == "resident":
+    if not data.reads_files(cfg.data) or cfg.augment.random_resized_crop or cfg.data.storage == "resident":
         return
-    streamed = cfg.data.storage == "stream" or (ctx.local and data.missing(cfg.data) is None and data.streams(cfg.data))
+    streamed = cfg.data.storage == "stream" or cfg.data.dataset == "image_shards" or (
+        ctx.local and data.missing(cfg.data) is None and data.streams(cfg.data))
     if streamed:
-        raise ConfigError("data.storage", f"{cfg.data.storage}: a streamed image folder is cut by random resized "
-                          "crops, and augment.random_resized_crop is false", "set augment.random_resized_crop: true, "
-                          "or data.storage: resident for a folder that fits in memory")
+        raise ConfigError("data.storage", f"{cfg.data.storage}: streamed images ({cfg.data.dataset}) are cut by random "
+                          "resized crops, and augment.random_resized_crop is false", "set augment.random_resized_crop: "
+                          "true, or data.storage: resident for an image folder that fits in memory")
 
 
 # ---- optim ---------------------------------------------------------------

@@ -228,9 +228,8 @@ class Training:
         if streamed:
             self.batches = stream.StreamBatches(splits, cfg.data, cfg.augment, tc.batch_size, self.normalize,
                                                 self.gen, device)
-            self.val, self.test = (stream.StreamEval(paths, labels, cfg.data, device, tc.eval_batch_size)
-                                   for paths, labels in ((splits.val_paths, splits.val_labels),
-                                                         (splits.test_paths, splits.test_labels)))
+            self.val, self.test = (stream.StreamEval(splits, which, cfg.data, device, tc.eval_batch_size)
+                                   for which in ("val", "test"))
         else:
             out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
             self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
