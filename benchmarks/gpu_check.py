@@ -1,7 +1,7 @@
 """The GPU path on a real GPU, in one short run: what the CPU-side guards (tests/test_gpu_path.py)
 can only stand in for.
 
-    python benchmarks/gpu_check.py [--throughput] [--device cuda|cpu]
+    python benchmarks/gpu_check.py [--throughput] [--images] [--device cuda|cpu]
 
 1. host syncs: an epoch of every option set (tests/option_sets.py) after a warm-up epoch,
    under torch.cuda.set_sync_debug_mode("warn"); the syncs of an epoch of 4 steps and of
@@ -11,7 +11,9 @@ can only stand in for.
 3. workers on GPUs: a 4-trial grid on `--workers` 1 per GPU (2 on one GPU when there is one),
    each trial's worker and GPU as recorded;
 4. reflect and replicate padding of uint8 images on the GPU;
-5. with --throughput, benchmarks/trial_throughput.py --device cuda.
+5. with --throughput, benchmarks/trial_throughput.py --device cuda;
+6. with --images, benchmarks/image_pipeline.py --device cuda --decode workers,device: JPEGs decoded
+   on the GPU (nvJPEG) against decoded in the loader's workers.
 
 Without CUDA it prints one line and exits 0; `--device cpu` runs 1-4 on the CPU (no sync
 counting there), to try the script itself.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -135,6 +138,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--throughput", action="store_true", help="also run trial_throughput.py --device cuda")
+    ap.add_argument("--images", action="store_true", help="also run image_pipeline.py on the GPU, both decodes")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; skipped (run it where one is, or --device cpu)")
@@ -156,6 +160,10 @@ def main() -> int:
     if args.throughput and args.device == "cuda":
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trial_throughput.py"), "--device", "cuda",
                         "--dataset", "synthetic", "--repeats", "1"], check=False)
+    if args.images and args.device == "cuda":
+        workers = str(max(1, min(8, (os.cpu_count() or 2) - 1)))
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "image_pipeline.py"), "--device", "cuda",
+                        "--decode", "workers,device", "--workers", workers], check=False)
     failed = [n for n, r in report["syncs"].items() if r["ok"] is False]
     ran = [n for n, r in report["syncs"].items() if r["ok"] != "skipped"]
     what = "without a per-step sync" if args.device == "cuda" else "ran (syncs are counted on CUDA only)"

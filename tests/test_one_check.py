@@ -107,6 +107,7 @@ CROSS_CASES = [
     ("data_present", "data.dataset", {"data.root": "/nonexistent"}, "cifar10", "fashion_mnist"),
     ("streamed_folders_take_resized_crops", "data.storage",
      {"data.dataset": "image_folder", "data.root": FOLDER, "augment.crop_padding": 0}, "stream", "resident"),
+    ("device_decode_takes_no_policy", "data.decode", {"augment.policy.name": "randaugment"}, "device", "workers"),
     ("shards_are_streamed", "data.storage", {"data.dataset": "image_shards", "data.root": SHARDS,
                                              "augment.crop_padding": 0, "augment.random_resized_crop": True},
      "resident", "stream"),

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import ROOT
 from jpeg_folder import write_jpeg_folder
-from trainable import from_flat, shards, stream, train
+from trainable import from_flat, images, shards, stream, train
 from trainable.config import Data
 from trainable.errors import ConfigError
 from trainable.export import Split, _to_shards, write
@@ -152,3 +152,36 @@ def test_sweep_data_writes_shards_once_and_an_image_folder_into_shards_byte_for_
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # complete: kept as it is
     assert again.returncode == 0 and os.path.getmtime(written.files[0]) == mtime
 
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    """A folder of 72x56 JPEGs (crops to 32 px never shrink 2x, so nothing is draft-decoded) and its shards."""
+    base = tmp_path_factory.mktemp("pair")
+    folder = write_jpeg_folder(base / "folder", train=96, test=24, size=(72, 56))
+    return folder, write(base / "shards", Data(dataset="image_folder", root=str(folder)), None, None, 0, shards=40)
+
+
+@pytest.mark.parametrize("dataset", ["image_folder", "image_shards"])
+def test_decoding_on_the_device_gives_the_images_the_workers_give(small_pair, dataset):
+    cpu = torch.device("cpu")
+
+    def batches(decode: str):
+        root = small_pair[0] if dataset == "image_folder" else small_pair[1]
+        cfg = config(root, **{"data.dataset": dataset, "data.storage": "stream", "data.decode": decode,
+                              "augment.flip": True, "data.image_size": 32, "data.test_size": 40})
+        src = stream.source(cfg.data)
+        epochs = src.train_epochs(cfg.data, cfg.augment, 16, 7, cpu)
+        epochs.epoch = 1
+        size, crop = cfg.data.test_size, cfg.data.eval_crop
+        return ([images.on_device(x, cfg.data.image_size, crop, cpu) for x, _ in epochs]
+                + [images.on_device(x, size, crop, cpu) for x, _ in src.eval_batches("test", cfg.data, 10, cpu)])
+
+    workers, device = batches("workers"), batches("device")
+    assert len(workers) == len(device) > 2
+    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(workers, device))
+
+
+def test_a_trial_decoding_on_its_device_trains_as_one_decoding_in_the_workers(small_pair):
+    kw = {"data.dataset": "image_folder", "data.storage": "stream", "train.epochs": 1, "data.image_size": 32}
+    workers, device = train(config(small_pair[0], **kw)), train(config(small_pair[0], **kw, **{"data.decode": "device"}))
+    assert all(workers[k] == device[k] for k in ("train_loss", "val_loss", "test_loss", "test_error"))

@@ -92,8 +92,11 @@ class Data:
     storage: str = opt("auto", "image_folder: resident (decoded once, held in memory) or stream (read from disk "
                        "every epoch, memory bounded); auto: resident when that takes under a quarter of RAM",
                        ("auto", "resident", "stream"))
-    workers: int = opt(0, "image_folder streamed: DataLoader worker processes (0: every core but one)",
-                       check=NON_NEGATIVE)
+    workers: int = opt(0, "image_folder streamed, image_shards: DataLoader worker processes (0: every core but "
+                       "one)", check=NON_NEGATIVE)
+    decode: str = opt("workers", "image_folder streamed, image_shards: where images are decoded: workers (the "
+                      "loader's processes, on the CPU) or device (the training device, nvJPEG on CUDA; the workers "
+                      "read the files and draw the crops)", ("workers", "device"))
     synthetic_shape: tuple[int, ...] = opt((3, 32, 32), "synthetic: image shape [channels, height, width]",
                                            check=Range(1, length=3))
     synthetic_classes: int = opt(10, "synthetic: number of classes", check=Range(2))

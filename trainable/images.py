@@ -10,11 +10,12 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torchcodec.decoders import decode_image
+from torchcodec.decoders import decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from .config import Augment, Data
@@ -23,6 +24,7 @@ from .policies import POLICIES
 RATIO = (3 / 4, 4 / 3)  # aspect ratios of a random resized crop (Szegedy et al. 2015)
 TORCHCODEC_DECODES = ("JPEG", "PNG", "WEBP")  # PIL's names of the formats torchcodec decodes faster than PIL
 STATS_IMAGES = 512      # images sampled for the channel mean and std
+JPEG_START = (0xFF, 0xD8)  # the first two bytes of every JPEG file (its SOI marker)
 
 
 def folder_paths(cfg: Data) -> tuple[Path, Path]:
@@ -67,9 +69,17 @@ def batched(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
 
 
-def collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(items: list) -> tuple[torch.Tensor | list[Encoded], torch.Tensor]:
+    """(image, label) pairs as one uint8 channels_last batch, or a list where the images are Encoded."""
     images, labels = zip(*items)
-    return batched(list(images)), torch.tensor(labels)
+    return (list(images) if isinstance(images[0], Encoded) else batched(list(images))), torch.tensor(labels)
+
+
+def joined(parts: list) -> torch.Tensor | list:
+    """Batches (or lists of Encoded images) as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return [e for part in parts for e in part] if isinstance(parts[0], list) else torch.cat(parts)
 
 
 def _bytes(item: str | bytes) -> bytes:
@@ -113,6 +123,54 @@ def train_image(item: str | bytes, size: int, scale: tuple[float, float], rng: n
     if flip and rng.random() < 0.5:
         out = out.flip(-1)
     return out
+
+
+class Encoded(NamedTuple):
+    """An image the training device decodes (data.decode: device): its file's bytes, and the crop box
+    (top, left, height, width) and flip drawn for it by a worker, or box None for evaluation."""
+
+    data: torch.Tensor  # uint8, the file as it is
+    box: tuple[int, int, int, int] | None
+    flip: bool
+
+
+def train_item(item: str | bytes, size: int, scale: tuple[float, float], rng: np.random.Generator, flip: bool,
+               on_device: bool) -> torch.Tensor | Encoded:
+    """train_image, or with `on_device` the same draws on the header's size and the bytes left encoded."""
+    if not on_device:
+        return train_image(item, size, scale, rng, flip=flip)
+    data = _bytes(item)
+    with Image.open(io.BytesIO(data)) as img:
+        left, top, w, h = crop_box(*img.size, scale, rng)
+    return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), (top, left, h, w),
+                   flip and rng.random() < 0.5)
+
+
+def eval_item(item: str | bytes, size: int, crop: float, on_device: bool) -> torch.Tensor | Encoded:
+    if not on_device:
+        return eval_image(item, size, crop)
+    return Encoded(torch.frombuffer(bytearray(_bytes(item)), dtype=torch.uint8), None, False)
+
+
+def on_device(xb: torch.Tensor | list[Encoded], size: int, crop: float, device: torch.device) -> torch.Tensor:
+    """A batch on `device`: moved, or decoded there (nvJPEG on CUDA, all JPEGs in one call) and cut as
+    train_image and eval_image cut on the host."""
+    if not isinstance(xb, list):
+        return xb.to(device, non_blocking=True)
+    jpegs = [i for i, e in enumerate(xb) if tuple(e.data[:2].tolist()) == JPEG_START]
+    pixels: list = [None] * len(xb)
+    for i, img in zip(jpegs, decode_jpeg([xb[i].data for i in jpegs], mode="RGB", device=device) if jpegs else []):
+        pixels[i] = img
+    out = []
+    for e, img in zip(xb, pixels):
+        if img is None:  # PNG, WebP, ...: decoded on the host
+            img = decode_image(e.data, mode="RGB").to(device)
+        if e.box is None:
+            out.append(TF.center_crop(TF.resize(img, [int(size / crop)], antialias=True), [size, size]))
+        else:
+            cut = TF.resized_crop(img, *e.box, [size, size], antialias=True)
+            out.append(cut.flip(-1) if e.flip else cut)
+    return batched(out)
 
 
 def eval_image(item: str | bytes, size: int, crop: float, draft: bool = True) -> torch.Tensor:

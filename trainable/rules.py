@@ -152,6 +152,14 @@ def shards_are_streamed(cfg: TrialConfig, ctx: Context) -> None:
                           "stream, or write an image folder with `sweep data` to hold the images in memory")
 
 
+@rule("data.decode", "augment.policy.name")
+def device_decode_takes_no_policy(cfg: TrialConfig, ctx: Context) -> None:
+    if cfg.data.decode == "device" and cfg.augment.policy.name != "none":
+        raise ConfigError("data.decode", f"device: augment.policy ({cfg.augment.policy.name}) runs on each image in "
+                          "the loader's workers, which leave the images encoded for the device",
+                          "use data.decode: workers with a policy, or augment.policy.name: none")
+
+
 @rule("data.dataset", "data.storage", "augment.random_resized_crop", "data.")
 def streamed_folders_take_resized_crops(cfg: TrialConfig, ctx: Context) -> None:
     if not data.reads_files(cfg.data) or cfg.augment.random_resized_crop or cfg.data.storage == "resident":

@@ -26,8 +26,8 @@ from webdataset.tariterators import tarfile_samples
 
 from .config import Augment, Data
 from .errors import ConfigError
-from .images import (STATS_IMAGES, Epochs, channel_stats, collate, eval_image, folder_paths, image_rng, loader, train_image,
-                     train_policy)
+from .images import (STATS_IMAGES, Epochs, channel_stats, collate, eval_image, eval_item, folder_paths, image_rng,
+                     joined, loader, train_item, train_policy)
 
 INDEX = "index.json"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # a sample's image, under the first of these it has
@@ -160,7 +160,8 @@ class ShardSource:
 
     def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device):
         shards, keep = (self.train, self.val_keep) if which == "val" else (self.test, self.test_keep)
-        images = _EvalShards(shards, keep, cfg.test_size or cfg.image_size, cfg.eval_crop, batch_size)
+        images = _EvalShards(shards, keep, cfg.test_size or cfg.image_size, cfg.eval_crop, batch_size,
+                             cfg.decode == "device")
         return loader(images, cfg, device, persistent=False, batch_size=None, collate_fn=None)
 
 
@@ -188,8 +189,9 @@ def source(cfg: Data) -> ShardSource:
 class _TrainShards(torch.utils.data.IterableDataset):
     """One worker's share of an epoch: its shards in the epoch's order, mixed, cropped, in chunks."""
 
-    def __init__(self, src: ShardSource, size: int, augment: Augment, seed: int, chunk: int):
-        self.shards, self.keep, self.size, self.seed, self.chunk = src.train, src.train_keep, size, seed, chunk
+    def __init__(self, src: ShardSource, cfg: Data, augment: Augment, seed: int, chunk: int):
+        self.shards, self.keep, self.size, self.seed, self.chunk = src.train, src.train_keep, cfg.image_size, seed, chunk
+        self.on_device = cfg.decode == "device"
         self.scale, self.flip, self.repeated = tuple(augment.crop_scale), augment.flip, augment.repeated
         self.policy = train_policy(augment)
         self.epoch = 0  # set before each epoch's workers start (they are not persistent)
@@ -201,7 +203,7 @@ class _TrainShards(torch.utils.data.IterableDataset):
         for place, data, label in mixed(items, np.random.default_rng((self.seed, self.epoch, worker))):
             for copy in range(self.repeated):
                 rng = image_rng(self.seed, self.epoch, place, copy)
-                img = train_image(data, self.size, self.scale, rng, flip=self.flip)
+                img = train_item(data, self.size, self.scale, rng, self.flip, self.on_device)
                 if self.policy is not None:
                     img = self.policy(img[None], rng)[0]
                 yield img, label
@@ -211,14 +213,16 @@ class _TrainShards(torch.utils.data.IterableDataset):
 
 
 class _EvalShards(torch.utils.data.IterableDataset):
-    def __init__(self, shards: ShardSet, keep: np.ndarray, size: int, crop: float, chunk: int):
+    def __init__(self, shards: ShardSet, keep: np.ndarray, size: int, crop: float, chunk: int, on_device: bool):
         self.shards, self.keep, self.size, self.crop, self.chunk = shards, keep, size, crop, chunk
+        self.on_device = on_device
 
     def __iter__(self):
         worker, workers = _worker()
         mine = slice(worker, None, workers)
         items = read(self.shards.files[mine], self.shards.offsets()[mine], self.keep)
-        return _chunks(((eval_image(data, self.size, self.crop), label) for _, data, label in items), self.chunk)
+        return _chunks(((eval_item(data, self.size, self.crop, self.on_device), label) for _, data, label in items),
+                       self.chunk)
 
 
 class _ShardEpochs(Epochs):
@@ -227,7 +231,7 @@ class _ShardEpochs(Epochs):
 
     def __init__(self, src: ShardSource, cfg: Data, augment: Augment, batch_size: int, seed: int,
                  device: torch.device):
-        self.images = _TrainShards(src, cfg.image_size, augment, seed, batch_size)
+        self.images = _TrainShards(src, cfg, augment, seed, batch_size)
         self.loader = loader(self.images, cfg, device, persistent=False, batch_size=None, collate_fn=None)
         self.n, self.batch_size, self.epoch = int(src.train_keep.sum()), batch_size, 0
 
@@ -242,8 +246,7 @@ class _ShardEpochs(Epochs):
             held_y.append(yb)
             have += len(yb)
             while have >= self.batch_size and made < len(self):
-                x = held_x[0] if len(held_x) == 1 else torch.cat(held_x)
-                y = held_y[0] if len(held_y) == 1 else torch.cat(held_y)
+                x, y = joined(held_x), joined(held_y)
                 yield x[:self.batch_size], y[:self.batch_size]
                 made += 1
                 held_x, held_y = ([x[self.batch_size:]], [y[self.batch_size:]]) if len(y) > self.batch_size else ([], [])

@@ -22,8 +22,8 @@ from . import shards
 from .augment import Normalize, float_stage
 from .config import Augment, Data
 from .errors import DatasetMissing
-from .images import (STATS_IMAGES, Epochs, channel_stats, eval_image, folder_paths, image_rng, loader, train_image,
-                     train_policy)
+from .images import (STATS_IMAGES, Epochs, channel_stats, eval_image, eval_item, folder_paths, image_rng, loader,
+                     on_device, train_item, train_policy)
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,7 +68,7 @@ class FolderSource:
 
     def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device) -> Iterable:
         paths, labels = (self.val_paths, self.val_labels) if which == "val" else (self.test_paths, self.test_labels)
-        images = _EvalImages(paths, labels, cfg.test_size or cfg.image_size, cfg.eval_crop)
+        images = _EvalImages(paths, labels, cfg.test_size or cfg.image_size, cfg.eval_crop, cfg.decode == "device")
         return loader(images, cfg, device, batch_size=batch_size)
 
 
@@ -102,9 +102,10 @@ def source(cfg: Data):
 
 
 class _TrainImages(torch.utils.data.Dataset):
-    def __init__(self, src: FolderSource, size: int, augment: Augment, seed: int):
-        self.paths, self.labels, self.size, self.seed = src.train_paths, src.train_labels, size, seed
+    def __init__(self, src: FolderSource, cfg: Data, augment: Augment, seed: int):
+        self.paths, self.labels, self.size, self.seed = src.train_paths, src.train_labels, cfg.image_size, seed
         self.scale, self.flip, self.policy = tuple(augment.crop_scale), augment.flip, train_policy(augment)
+        self.on_device = cfg.decode == "device"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -112,21 +113,21 @@ class _TrainImages(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         i, epoch, copy = key
         rng = image_rng(self.seed, epoch, i, copy)
-        img = train_image(self.paths[i], self.size, self.scale, rng, flip=self.flip)
-        if self.policy is not None:
+        img = train_item(self.paths[i], self.size, self.scale, rng, self.flip, self.on_device)
+        if self.policy is not None:  # (rules.device_decode_takes_no_policy)
             img = self.policy(img[None], rng)[0]
         return img, self.labels[i]
 
 
 class _EvalImages(torch.utils.data.Dataset):
-    def __init__(self, paths, labels, size: int, crop: float):
-        self.paths, self.labels, self.size, self.crop = paths, labels, size, crop
+    def __init__(self, paths, labels, size: int, crop: float, on_device: bool):
+        self.paths, self.labels, self.size, self.crop, self.on_device = paths, labels, size, crop, on_device
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return eval_image(self.paths[i], self.size, self.crop), self.labels[i]
+        return eval_item(self.paths[i], self.size, self.crop, self.on_device), self.labels[i]
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -158,7 +159,7 @@ class _FolderEpochs(Epochs):
     def __init__(self, src: FolderSource, cfg: Data, augment: Augment, batch_size: int, seed: int,
                  device: torch.device):
         self.order = _EpochOrder(len(src.train_paths), batch_size, seed, augment.repeated)
-        self.loader = loader(_TrainImages(src, cfg.image_size, augment, seed), cfg, device, batch_sampler=self.order)
+        self.loader = loader(_TrainImages(src, cfg, augment, seed), cfg, device, batch_sampler=self.order)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -177,6 +178,7 @@ class StreamBatches:
         seed = int(torch.randint(2 ** 62, (1,), device=gen.device, generator=gen))
         self.epochs = src.train_epochs(cfg, augment, batch_size, seed, device)
         self.augment, self.normalize, self.gen, self.device = augment, normalize, gen, device
+        self.size, self.crop = cfg.image_size, cfg.eval_crop
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -190,8 +192,8 @@ class StreamBatches:
         self.epochs.epoch = n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for xb, yb in self.epochs:  # cropped and flipped by the workers
-            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        for xb, yb in self.epochs:  # cropped and flipped by the workers, or (data.decode: device) here
+            xb, yb = on_device(xb, self.size, self.crop, self.device), yb.to(self.device, non_blocking=True)
             yield float_stage(xb, self.augment, self.normalize, self.gen), yb
 
 
@@ -200,8 +202,8 @@ class StreamEval:
 
     def __init__(self, src, which: str, cfg: Data, device: torch.device, batch_size: int):
         self.loader = src.eval_batches(which, cfg, batch_size, device)
-        self.device = device
+        self.device, self.size, self.crop = device, cfg.test_size or cfg.image_size, cfg.eval_crop
 
     def batches(self, normalize: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for xb, yb in self.loader:
-            yield normalize(xb.to(self.device, non_blocking=True)), yb.to(self.device, non_blocking=True)
+            yield normalize(on_device(xb, self.size, self.crop, self.device)), yb.to(self.device, non_blocking=True)
