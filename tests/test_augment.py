@@ -237,3 +237,37 @@ def test_timms_randaugment_draws_per_image_from_the_trials_generator():
     assert len({o.numpy().tobytes() for o in out}) >= 8  # per image, not per batch
     assert torch.equal(policy(x, np.random.default_rng(0)), out)
     assert not torch.equal(policy(x, np.random.default_rng(1)), out)
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation"])
+def test_colour_jitter_equals_torchvisions_adjustment_with_the_factor_drawn_for_each_image(op):
+    from torchvision.transforms.v2 import functional as TF
+
+    from trainable.augment import color_jitter
+    x = torch.randint(0, 256, (6, 3, 10, 12), generator=torch.Generator().manual_seed(0)).float()
+    ours = color_jitter(x, **{k: 0.4 if k == op else 0.0 for k in ("brightness", "contrast", "saturation")},
+                        gen=torch.Generator().manual_seed(3))
+    factors = 0.6 + 0.8 * torch.rand(6, generator=torch.Generator().manual_seed(3))
+    adjust = getattr(TF, f"adjust_{op}")
+    reference = torch.stack([adjust(img / 255, float(f)) * 255 for img, f in zip(x, factors)])
+    assert torch.allclose(ours, reference, atol=1e-3)
+    assert len({round(float(f), 4) for f in factors}) == 6  # one factor per image
+
+
+def test_lighting_adds_one_colour_per_image_along_imagenets_principal_components():
+    from trainable.augment import LIGHTING_EIGVAL, LIGHTING_EIGVEC, lighting
+    x = torch.rand(8, 3, 5, 5) * 255
+    out = lighting(x, 0.1, torch.Generator().manual_seed(1))
+    shift = (out - x)
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-4)  # one RGB offset per image
+    alpha = torch.randn(8, 3, generator=torch.Generator().manual_seed(1)) * 0.1
+    expected = 255 * (alpha * torch.tensor(LIGHTING_EIGVAL)) @ torch.tensor(LIGHTING_EIGVEC).T
+    assert torch.allclose(shift[:, :, 0, 0], expected, atol=1e-4)
+
+
+def test_colour_jitter_and_lighting_train_on_rgb_and_are_refused_on_greyscale():
+    cfg = {**flatten(TINY_BASE), "data.dataset": "synthetic", "data.synthetic_shape": [3, 8, 8],
+           "data.synthetic_size": 256, "augment.color_jitter.brightness": 0.4, "augment.color_jitter.saturation": 0.4,
+           "augment.lighting": 0.1}
+    assert math.isfinite(train(from_flat(cfg))["val_loss"])
+    assert refused(from_flat({**cfg, "data.synthetic_shape": [1, 8, 8]})).key == "augment.lighting"

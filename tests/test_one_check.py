@@ -119,6 +119,7 @@ CROSS_CASES = [
     ("reflect_pad_below_image", "augment.crop_padding", {"augment.pad_mode": "reflect"}, 28, 4),
     ("policy_channels", "augment.policy.name", {"data.dataset": "synthetic", "data.synthetic_shape": [2, 8, 8],
                                                 "data.synthetic_size": 2000}, "randaugment", "none"),
+    ("colour_needs_rgb", "augment.lighting", {"data.dataset": "fashion_mnist"}, 0.1, 0.0),
     ("dual_cutout_size", "augment.dual_cutout.size", {"augment.dual_cutout.alpha": 0.1}, 0, 16),
     ("model_family", "model.depth", {}, 21, 20),
 ]

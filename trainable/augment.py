@@ -4,8 +4,8 @@ One gather per batch replaces a per-image PIL pipeline: the padded dataset is
 kept resident and each batch is cut out of it at random offsets. Every random
 draw comes from the trial's generator, so a seed fixes the whole stream.
 
-Order within a batch: crop/flip (uint8) -> policy (uint8) -> normalize ->
-cutout -> random erasing. A policy's stage runs on the host, a batch ahead
+Order within a batch: crop/flip (uint8) -> policy (uint8) -> colour jitter
+and lighting (float, 0-255) -> normalize -> cutout -> random erasing. A policy's stage runs on the host, a batch ahead
 (TrainBatches).
 """
 from __future__ import annotations
@@ -288,8 +288,51 @@ class TrainBatches:
         return float_stage(xb, self.cfg, self.normalize, self.gen), yb
 
 
+# ImageNet's RGB principal components (eigenvalues on the 0-1 scale, eigenvectors as columns),
+# as AlexNet's and Bag of Tricks' lighting noise use them.
+LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+GREY = (0.2989, 0.587, 0.114)  # luma weights as torchvision's rgb_to_grayscale takes them
+
+
+def _factors(x: torch.Tensor, spread: float, gen: torch.Generator) -> torch.Tensor:
+    """A factor per image in [1 - spread, 1 + spread], shaped to scale N x C x H x W."""
+    return (1 - spread + 2 * spread * torch.rand(len(x), device=x.device, generator=gen)).view(-1, 1, 1, 1)
+
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation, each with its own factor per image (in this order, each
+    clamped to 0-255 as torchvision's adjust_* are), on a float RGB batch on the 0-255 scale."""
+    grey = torch.tensor(GREY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    if brightness > 0:
+        x = (x * _factors(x, brightness, gen)).clamp_(0, 255)
+    if contrast > 0:
+        mean = (x * grey).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        x = torch.lerp(mean.expand_as(x), x, _factors(x, contrast, gen)).clamp_(0, 255)
+    if saturation > 0:
+        luma = (x * grey).sum(1, keepdim=True)
+        x = torch.lerp(luma.expand_as(x), x, _factors(x, saturation, gen)).clamp_(0, 255)
+    return x
+
+
+def lighting(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    """AlexNet's PCA noise: add eigvec @ (alpha * eigval), alpha ~ N(0, std) per image and component,
+    to every pixel of a float RGB batch on the 0-255 scale."""
+    eigval = torch.tensor(LIGHTING_EIGVAL, device=x.device, dtype=x.dtype)
+    eigvec = torch.tensor(LIGHTING_EIGVEC, device=x.device, dtype=x.dtype)
+    alpha = torch.randn(len(x), 3, device=x.device, generator=gen, dtype=x.dtype) * std
+    return x + (255 * (alpha * eigval) @ eigvec.T).view(-1, 3, 1, 1)
+
+
 def float_stage(xb: torch.Tensor, cfg: Augment, normalize: Normalize, gen: torch.Generator) -> torch.Tensor:
-    """Normalize a uint8 batch, then the float-stage regularizers (cutout, random erasing), on its device."""
+    """Colour jitter and lighting, normalization of the uint8 batch, then the float-stage regularizers
+    (cutout, random erasing), on its device."""
+    cj = cfg.color_jitter
+    if cj.brightness > 0 or cj.contrast > 0 or cj.saturation > 0 or cfg.lighting > 0:
+        xb = color_jitter(xb.float(), cj.brightness, cj.contrast, cj.saturation, gen)
+        if cfg.lighting > 0:
+            xb = lighting(xb, cfg.lighting, gen)
     xb = normalize(xb)
     if cfg.cutout.size > 0:
         xb = cutout(xb, cfg.cutout.size, cfg.cutout.prob, gen)

@@ -229,6 +229,16 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class ColorJitter:
+    brightness: float = opt(0.0, "scale pixels by a factor drawn in [1 - b, 1 + b] per image (0: off); Bag of "
+                            "Tricks 0.4", check=FRACTION)
+    contrast: float = opt(0.0, "blend with the image's mean grey by a factor in [1 - c, 1 + c] (0: off)",
+                          check=FRACTION)
+    saturation: float = opt(0.0, "blend with the image's greyscale by a factor in [1 - s, 1 + s] (0: off)",
+                            check=FRACTION)
+
+
+@dataclass(frozen=True)
 class Cutout:
     size: int = opt(0, "side of the square patch set to zero (0: off); e.g. 16 on CIFAR", check=NON_NEGATIVE)
     prob: float = opt(1.0, "share of images that get a patch", check=PROBABILITY)
@@ -294,6 +304,9 @@ class Augment:
     repeated: int = opt(1, "repeated augmentation: each batch holds this many augmented copies of each image",
                         check=AT_LEAST_1)
     policy: Policy = field(default_factory=Policy)
+    color_jitter: ColorJitter = field(default_factory=ColorJitter)
+    lighting: float = opt(0.0, "PCA lighting noise: std of the per-image weights of ImageNet's RGB principal "
+                          "components (AlexNet; Bag of Tricks 0.1; 0: off)", check=NON_NEGATIVE)
     cutout: Cutout = field(default_factory=Cutout)
     random_erasing: RandomErasing = field(default_factory=RandomErasing)
     mixup: Mixup = field(default_factory=Mixup)

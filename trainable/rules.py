@@ -239,6 +239,16 @@ def policy_channels(cfg: TrialConfig, ctx: Context) -> None:
         raise ConfigError("augment.policy.name", f"policies need 1- or 3-channel images, not {shape[0]}", "use none")
 
 
+@rule("augment.color_jitter.", "augment.lighting", "data.dataset", "data.synthetic_shape")
+def colour_needs_rgb(cfg: TrialConfig, ctx: Context) -> None:
+    shape, aug = data.image_shape(cfg.data), cfg.augment
+    cj = aug.color_jitter
+    if shape is not None and shape[0] != 3 and (cj.brightness or cj.contrast or cj.saturation or aug.lighting):
+        key = "augment.lighting" if aug.lighting else "augment.color_jitter"
+        raise ConfigError(key, f"colour jitter and lighting need RGB images, not {shape[0]} channels",
+                          "set it to 0 for this data set")
+
+
 @rule("augment.dual_cutout.alpha", "augment.dual_cutout.size")
 def dual_cutout_size(cfg: TrialConfig, ctx: Context) -> None:
     dc = cfg.augment.dual_cutout
