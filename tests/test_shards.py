@@ -185,3 +185,17 @@ def test_a_trial_decoding_on_its_device_trains_as_one_decoding_in_the_workers(sm
     kw = {"data.dataset": "image_folder", "data.storage": "stream", "train.epochs": 1, "data.image_size": 32}
     workers, device = train(config(small_pair[0], **kw)), train(config(small_pair[0], **kw, **{"data.decode": "device"}))
     assert all(workers[k] == device[k] for k in ("train_loss", "val_loss", "test_loss", "test_error"))
+
+
+def test_a_shard_holding_another_count_than_its_index_says_is_refused(numbered, tmp_path):
+    import json
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        for f in [*shards.shard_files(numbered / split), numbered / split / shards.INDEX]:
+            (tmp_path / split / f.name).write_bytes(f.read_bytes())
+    index = json.loads((tmp_path / "train" / shards.INDEX).read_text())
+    index["shards"][0]["count"] += 1
+    (tmp_path / "train" / shards.INDEX).write_text(json.dumps(index))
+    shards.shard_set.cache_clear()
+    with pytest.raises(ConfigError, match="its index says"):
+        list(shards.read(shards.shard_set(str(tmp_path / "train")), [0], np.ones(N + 1, bool)))

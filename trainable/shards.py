@@ -104,12 +104,21 @@ def _image(sample: dict, where: str) -> tuple[bytes, int]:
     return data, int(sample[LABEL])
 
 
-def read(files: tuple[str, ...], offsets: np.ndarray, keep: np.ndarray) -> Iterator[tuple[int, bytes, int]]:
-    """(place, image bytes, label) of the kept images of `files` (with their first places), in tar order."""
-    for file, first in zip(files, offsets):
+def read(shards: ShardSet, order, keep: np.ndarray) -> Iterator[tuple[int, bytes, int]]:
+    """(place, image bytes, label) of the kept images of the shards at `order`, in tar order."""
+    offsets = shards.offsets()
+    for s in order:
+        file, first, count = shards.files[s], offsets[s], shards.counts[s]
+        seen = 0
         for pos, sample in enumerate(tarfile_samples([{"url": file}])):
+            seen = pos + 1
+            if seen > count:
+                break
             if keep[first + pos]:
                 yield (int(first + pos), *_image(sample, file))
+        if seen != count:
+            raise ConfigError("data.root", f"{file} holds {'more' if seen > count else seen} images, its index "
+                              f"says {count}", "write the shards again with `sweep data --shards`, or remove the index")
 
 
 def mixed(items: Iterator, rng: np.random.Generator, size: int = BUFFER) -> Iterator:
@@ -180,8 +189,7 @@ def source(cfg: Data) -> ShardSource:
     test_keep = np.arange(test.size) < (cfg.eval_subset if cfg.eval_subset is not None else test.size)
     # The channel statistics sample the first training images of the shards in a seeded order.
     files = np.random.default_rng(cfg.split_seed).permutation(len(train.files))
-    sample = (eval_image(data, 32, 1.0) for _, data, _ in
-              read(tuple(train.files[i] for i in files), train.offsets()[files], train_keep))
+    sample = (eval_image(data, 32, 1.0) for _, data, _ in read(train, files, train_keep))
     mean, std = channel_stats(img for img, _ in zip(sample, range(STATS_IMAGES)))
     return ShardSource(train, test, train_keep, val_keep, test_keep, len(train.classes), mean, std)
 
@@ -199,7 +207,7 @@ class _TrainShards(torch.utils.data.IterableDataset):
     def _images(self) -> Iterator[tuple[torch.Tensor, int]]:
         worker, workers = _worker()
         order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shards.files))[worker::workers]
-        items = read(tuple(self.shards.files[i] for i in order), self.shards.offsets()[order], self.keep)
+        items = read(self.shards, order, self.keep)
         for place, data, label in mixed(items, np.random.default_rng((self.seed, self.epoch, worker))):
             for copy in range(self.repeated):
                 rng = image_rng(self.seed, self.epoch, place, copy)
@@ -219,8 +227,7 @@ class _EvalShards(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         worker, workers = _worker()
-        mine = slice(worker, None, workers)
-        items = read(self.shards.files[mine], self.shards.offsets()[mine], self.keep)
+        items = read(self.shards, range(worker, len(self.shards.files), workers), self.keep)
         return _chunks(((eval_item(data, self.size, self.crop, self.on_device), label) for _, data, label in items),
                        self.chunk)
 
