@@ -29,6 +29,7 @@ def grid_sweep(write_spec, tmp_path, isolate: str):
     return {t.params["optim.lr"]: t for t in optuna.load_study(study_name=spec.name, storage=url).trials}
 
 
+@pytest.mark.slow
 def test_an_isolated_sweep_records_what_an_in_process_sweep_records(write_spec, tmp_path):
     isolated = grid_sweep(write_spec, tmp_path, "always")
     in_process = grid_sweep(write_spec, tmp_path, "never")

@@ -132,6 +132,7 @@ def _running_has_an_epoch(db) -> bool:
                            "where t.state = 'RUNNING' and a.key = 'curve.0'").fetchone()[0] > 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(write_spec, tmp_path):
     spec = tiny_spec(sampler={"name": "grid"}, space={"optim.lr": {"grid": [0.01, 0.02, 0.03, 0.04]}})
     del spec["budget"]
@@ -169,6 +170,7 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing_and_repeats_no_grid_point(wr
     assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").iterdir())
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(write_spec, tmp_path):
     spec = tiny_spec(budget={"trials": 2})
     spec["base"]["train"]["epochs"] = 40  # about 4 s a trial: the interrupt lands mid-trial

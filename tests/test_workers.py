@@ -67,6 +67,7 @@ def worker_log(tmp_path):
                     p.kill()
 
 
+@pytest.mark.slow
 def test_run_with_two_workers_runs_every_grid_point_once(write_spec, tmp_path):
     path = write_spec(grid_spec(GRID4, epochs=6))
     runs = tmp_path / "runs"
@@ -92,6 +93,7 @@ def test_the_summary_of_many_workers_counts_what_this_run_finished_and_failed(wr
     assert (again.finished, again.ran, again.failed) == (2, 0, 0)
 
 
+@pytest.mark.slow
 def test_budget_holds_with_three_workers_on_a_random_space(write_spec, tmp_path):
     spec = tiny_spec(budget={"trials": 5})
     spec["base"]["train"]["epochs"] = 2
