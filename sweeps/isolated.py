@@ -25,8 +25,17 @@ from .trial import run_seeds
 ISOLATE = ("auto", "always", "never")
 
 
+def world(spec: SweepSpec, values: Mapping[str, Any]) -> int:
+    """The trial's ranks (train.devices x train.nodes): processes of a data-parallel trial."""
+    tc = spec.config(dict(values)).train
+    return tc.devices * tc.nodes
+
+
 def wanted(spec: SweepSpec, values: Mapping[str, Any]) -> bool:
-    """Whether this trial runs in its own process: always, never, or (auto) when it trains on a GPU."""
+    """Whether this trial runs in its own process(es): always, never, or (auto) when it trains on a
+    GPU; a trial of several ranks always does, a process per rank."""
+    if world(spec, values) > 1:
+        return True
     how = spec.resources.isolate
     if how != "auto":
         return how == "always"
@@ -41,22 +50,55 @@ class _Pruned(Exception):
     """The parent's pruner stopped the trial."""
 
 
-def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool,
-           adopt: bool, threads: int) -> None:
+def _join_ranks(place, rendezvous: str | None) -> None:
+    """Join the trial's process group: gloo on CPUs, NCCL on GPUs (the rank's own, by index).
+
+    The rendezvous is a file (a FileStore: no listening socket), and the ranks talk over the
+    loopback interface unless the user named another, so nothing listens beyond 127.0.0.1.
+    """
+    import os
+
     import torch
+    import torch.distributed as dist
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() > place.rank
+    if cuda:
+        torch.cuda.set_device(place.rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{rendezvous}",
+                            rank=place.rank, world_size=place.world)
+
+
+def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save_first: bool,
+           adopt: bool, threads: int, place=None, rendezvous: str | None = None) -> None:
+    import torch
+
+    from trainable import ranks
+    place = place or ranks.Place()
     torch.set_num_threads(threads)  # the worker's (a trial's own train.threads still wins)
+    if place.world > 1:
+        _join_ranks(place, rendezvous)
 
     def on_epoch(epoch, per_seed):
-        conn.send(("epoch", epoch, [dict(m) for m in per_seed]))
-        if conn.recv() == "prune":
+        answer = None
+        if place.main:  # rank 0 speaks for the trial; the others follow its answer
+            conn.send(("epoch", epoch, [dict(m) for m in per_seed]))
+            answer = conn.recv()
+        if ranks.from_main(answer) == "prune":
             raise _Pruned
 
+    def on_run(rows):
+        if place.main:
+            conn.send(("runs", rows))
+
     try:
-        value = run_seeds(spec, values, on_epoch, lambda rows: conn.send(("runs", rows)), pruned=(_Pruned,),
+        value = run_seeds(spec, values, on_epoch, on_run, pruned=(_Pruned,),
                           checkpoint_dir=checkpoint_dir, save_first=save_first, adopt=adopt)
-        conn.send(("done", value))
+        if place.main:
+            conn.send(("done", value))
     except _Pruned:
-        conn.send(("pruned",))
+        if place.main:
+            conn.send(("pruned",))
     except TrialError as e:
         conn.send(("failed", str(e), isinstance(e, OutOfMemory)))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent handles it
@@ -66,40 +108,67 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
             conn.send(("failed", str(failure), isinstance(failure, OutOfMemory)))
         else:  # a bug: its text goes to the engine, which records it
             conn.send(("bug", record.bug_text(e)))
+    finally:
+        if place.world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def run(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable, on_run: Callable[[list[dict]], None], *,
         pruned: tuple[type[BaseException], ...] = (), checkpoint_dir: str | Path | None = None,
         save_first: bool = False, adopt: bool = False, isolate: bool | None = None) -> float:
-    """`trial.run_seeds`, in a fresh process when `isolate` (None: when `wanted`), else here."""
+    """`trial.run_seeds`, in fresh processes when `isolate` (None: when `wanted`), else here."""
     if isolate is None:
         isolate = wanted(spec, values)
-    if isolate:
+    if isolate or world(spec, values) > 1:
         return run_seeds_isolated(spec, values, on_epoch, on_run, pruned, checkpoint_dir, save_first, adopt)
     return run_seeds(spec, values, on_epoch, on_run, pruned=pruned, checkpoint_dir=checkpoint_dir,
                      save_first=save_first, adopt=adopt)
 
 
+def _died(procs) -> str | None:
+    """Why the trial's processes cannot go on (one of them exited without saying so), or None."""
+    for rank, proc in enumerate(procs):
+        if not proc.is_alive() and (rank == 0 or proc.exitcode != 0):  # (other ranks may end before rank 0)
+            who = "the trial's process" if len(procs) == 1 else f"rank {rank} of the trial's {len(procs)} processes"
+            return f"{who} died (exit code {proc.exitcode})"
+    return None
+
+
 def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Callable,
                        on_run: Callable[[list[dict]], None], pruned: tuple[type[BaseException], ...],
                        checkpoint_dir: str | Path | None, save_first: bool, adopt: bool) -> float:
-    """`run_seeds` in a spawned process, with the same callbacks and outcomes."""
+    """`run_seeds` in spawned processes (one per rank), with the same callbacks and outcomes.
+
+    Rank 0 reports each epoch and the result; any rank may report its failure. When one rank dies,
+    the others are killed: a data-parallel trial cannot go on without it.
+    """
+    import shutil
+    import tempfile
+
     import torch
+
+    from trainable import ranks
     spawn = mp.get_context("spawn")  # a fresh interpreter: nothing of this process's CUDA state
     parent, child = spawn.Pipe()
-    proc = spawn.Process(
+    n = world(spec, values)
+    rendezvous = tempfile.mkdtemp(prefix="sweep-ranks-") if n > 1 else None  # private (0700)
+    threads = max(1, torch.get_num_threads() // n)
+    procs = [spawn.Process(
         target=_child,
         args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first, adopt,
-              torch.get_num_threads()),
-        daemon=True, name="sweep-trial")
-    proc.start()
+              threads, ranks.Place(r, n), f"{rendezvous}/store" if rendezvous else None),
+        daemon=True, name=f"sweep-trial-rank{r}" if n > 1 else "sweep-trial") for r in range(n)]
+    for proc in procs:
+        proc.start()
     child.close()
     stopped: BaseException | None = None
     try:
         while True:
             if not parent.poll(0.5):
-                if not proc.is_alive():
-                    raise TrialError(f"the trial's process died (exit code {proc.exitcode})")
+                if (why := _died(procs)) is not None and not parent.poll(0.1):  # (its last word may be in flight)
+                    raise TrialError(why)
                 continue
             try:
                 kind, *rest = parent.recv()
@@ -111,9 +180,10 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
                         stopped = e
                         parent.send("prune")
                     continue
-            except (EOFError, OSError):  # the pipe broke: the child is gone
-                proc.join(5)
-                raise TrialError(f"the trial's process died (exit code {proc.exitcode})") from None
+            except (EOFError, OSError):  # the pipe broke: the children are gone
+                for proc in procs:
+                    proc.join(5)
+                raise TrialError(_died(procs) or "the trial's process died") from None
             if kind == "runs":
                 on_run(rest[0])
             elif kind == "done":
@@ -125,8 +195,12 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
             else:
                 raise RuntimeError(rest[0] if rest else f"unexpected message {kind!r} from the trial's process")
     finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        for proc in procs:
+            proc.join(10 if proc is procs[0] else 0.1)
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         parent.close()
+        if rendezvous:
+            shutil.rmtree(rendezvous, ignore_errors=True)

@@ -44,7 +44,8 @@ FIXED, DERIVED = "fixed.", "derived."   # prefixes of values stored as attrs, no
 SEED, STATE, EPOCH = "seed", "state", "epoch"
 COMPLETE, PRUNED, FAILED, RUNNING = "complete", "pruned", "failed", "running"
 RUN_KEYS = (metrics.VAL_ERROR, metrics.BEST_VAL_ERROR, metrics.TEST_ERROR, metrics.EPOCHS_DONE,
-            metrics.DURATION_S, metrics.IMAGES_PER_S, metrics.TRAIN_LOSS, metrics.TRAIN_ERROR, metrics.VAL_LOSS)
+            metrics.DURATION_S, metrics.IMAGES_PER_S, metrics.TRAIN_LOSS, metrics.TRAIN_ERROR, metrics.VAL_LOSS,
+            metrics.WORLD_SIZE)
 INTERRUPTED = "interrupted"   # a failed run's reason when none was recorded
 DISK_FULL = "disk full"       # the start of the reason of a trial stopped by a full disk (Training.save)
 

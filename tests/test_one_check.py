@@ -102,6 +102,8 @@ CROSS_CASES = [
     ("bf16_is_native", "train.precision", {"train.device": "cuda"}, "bf16", "fp16", OLD_GPU),
     ("accumulate_divides_batch", "train.accumulate", {"train.batch_size": 64}, 3, 2),
     ("ghost_batch_fits", "train.ghost_batch", {"train.batch_size": 64}, 128, 32),
+    ("ranks_share_the_batch", "train.batch_size", {"train.devices": 2, "train.accumulate": 2}, 66, 64),
+    ("ghost_or_sync_bn", "train.sync_bn", {"train.devices": 2, "train.ghost_batch": 16}, True, False),
     ("batch_fits_data", "train.batch_size", {}, 2048, 64),
     ("teacher_exists", "train.teacher", {}, "/nonexistent/teacher.pt", None),
     ("data_present", "data.dataset", {"data.root": "/nonexistent"}, "cifar10", "fashion_mnist"),

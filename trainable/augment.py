@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Augment
+from .ranks import Place
 from .policies import POLICIES
 from . import registries
 
@@ -236,20 +237,27 @@ class TrainBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, cfg: Augment,
                  normalize: Normalize, gen: torch.Generator, out_size: int | None = None, padded: bool = False,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, order_gen: torch.Generator | None = None,
+                 place: Place = Place()):
         """`padded`: x is already padded by augment.crop_padding (the caller shares one padded copy).
-        `device`: where the batches go (default: x's)."""
+        `device`: where the batches go (default: x's). With several ranks (`place`), every rank draws
+        the epoch's order from `order_gen`, seeded alike, and takes its share of each batch."""
         self.pad, self.flip = cfg.crop_padding, cfg.flip
         self.rrc = (out_size, tuple(cfg.crop_scale)) if cfg.random_resized_crop else None
         self.size = tuple(d - (2 * self.pad if padded else 0) for d in x.shape[2:])
         self.x = pad_images(x, self.pad, cfg.pad_mode, cfg.pad_fill) if self.pad and not padded else x
         self.y, self.batch_size, self.normalize, self.gen = y, batch_size, normalize, gen
         self.device = torch.device(device) if device is not None else x.device
-        self.repeated = cfg.repeated
+        self.repeated, self.place = cfg.repeated, place
+        self.order_gen = order_gen if order_gen is not None else gen
         self.policy = POLICIES.get(cfg.policy.name)(cfg.policy) if cfg.policy.name != "none" else None
         if self.policy is not None:
             seed = int(torch.randint(2 ** 62, (1,), device=gen.device, generator=gen))
             self.host_gen = torch.Generator().manual_seed(seed)
+            self.host_order_gen = self.host_gen
+            if order_gen is not None and order_gen is not gen:
+                shared = int(torch.randint(2 ** 62, (1,), device=order_gen.device, generator=order_gen))
+                self.host_order_gen = torch.Generator().manual_seed(shared)
             self.rng = np.random.default_rng(seed)
             self.x, self.y = self.x.cpu(), self.y.cpu()
         self.cfg = cfg
@@ -259,18 +267,19 @@ class TrainBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.policy is None:
-            for xb, idx in self._crops(self.gen):
+            for xb, idx in self._crops(self.gen, self.order_gen):
                 yield self._finish(xb, self.y[idx])
             return
         for xb, yb in prefetched(self._host_batches):
             yield self._finish(xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True))
 
-    def _crops(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(cropped, flipped batch, its indices) for each step of an epoch, on x's device."""
-        order = torch.randperm(len(self.y), device=self.x.device, generator=gen)
+    def _crops(self, gen: torch.Generator, order_gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(cropped, flipped share of a batch, its indices) for each step of an epoch, on x's device."""
+        order = torch.randperm(len(self.y), device=self.x.device, generator=order_gen)
         distinct = -(-self.batch_size // self.repeated)  # ceil: the tiled copies are cut at the batch size
+        share = self.place.share(self.batch_size)  # contiguous: a rank gets one tile of each image's copies
         for i in range(len(self)):
-            idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)[:self.batch_size]
+            idx = order[i * distinct:(i + 1) * distinct].repeat(self.repeated)[:self.batch_size][share]
             xb = random_crop(self.x, idx, self.size, self.pad, gen) if self.pad else self.x[idx]
             if self.rrc:
                 xb = random_resized_crop(xb, *self.rrc, gen)
@@ -280,7 +289,7 @@ class TrainBatches:
 
     def _host_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"
-        for xb, idx in self._crops(self.host_gen):
+        for xb, idx in self._crops(self.host_gen, self.host_order_gen):
             xb, yb = self.policy(to_uint8(xb), self.rng), self.y[idx]
             yield (xb.pin_memory(), yb.pin_memory()) if pin else (xb, yb)
 

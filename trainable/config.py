@@ -149,7 +149,7 @@ class Model:
 @dataclass(frozen=True)
 class Train:
     epochs: int = opt(200, "training epochs", check=AT_LEAST_1)
-    batch_size: int = opt(128, "training batch size", check=AT_LEAST_1)
+    batch_size: int = opt(128, "training batch size (the global batch, over every rank)", check=AT_LEAST_1)
     eval_batch_size: int = opt(512, "batch size for validation and test", check=AT_LEAST_1)
     seed: int = opt(0, "seeds model init, shuffling and augmentation")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
@@ -163,6 +163,11 @@ class Train:
                           check=AT_LEAST_1)
     ghost_batch: Optional[int] = opt(None, "ghost batch norm: BN statistics over virtual batches of this size",
                                      check=AT_LEAST_1)
+    devices: int = opt(1, "data-parallel ranks of the trial on each node (processes, one per GPU on CUDA), each "
+                       "training on its share of every batch; the engine starts them", check=AT_LEAST_1)
+    nodes: int = opt(1, "nodes the trial's ranks span (the Ray engine; devices ranks on each)", check=AT_LEAST_1)
+    sync_bn: bool = opt(False, "with several ranks: BatchNorm statistics over the global batch (SyncBatchNorm), "
+                        "not each rank's share")
     ema_decay: Optional[float] = opt(None, "EMA of weights with this decay (e.g. 0.999), evaluated beside the raw "
                                      "model", check=Range(0, 1, low_open=True, high_open=True))
     early_stop: Optional[int] = opt(None, "stop when val_error has not improved for this many epochs",

@@ -112,13 +112,30 @@ def accumulate_divides_batch(cfg: TrialConfig, ctx: Context) -> None:
                           "use a divisor of the batch size, e.g. 2 or 4")
 
 
-@rule("train.ghost_batch", "train.batch_size", "train.accumulate")
+@rule("train.devices", "train.nodes", "train.batch_size", "train.accumulate", "train.eval_batch_size")
+def ranks_share_the_batch(cfg: TrialConfig, ctx: Context) -> None:
+    tc = cfg.train
+    world = tc.devices * tc.nodes
+    if world > 1 and tc.batch_size % (world * tc.accumulate):
+        raise ConfigError("train.batch_size", f"{tc.batch_size} does not split into {world} ranks x {tc.accumulate} "
+                          "micro-batches", f"use a multiple of {world * tc.accumulate}")
+
+
+@rule("train.ghost_batch", "train.sync_bn", "train.devices", "train.nodes")
+def ghost_or_sync_bn(cfg: TrialConfig, ctx: Context) -> None:
+    tc = cfg.train
+    if tc.ghost_batch is not None and tc.sync_bn and tc.devices * tc.nodes > 1:
+        raise ConfigError("train.sync_bn", "true: SyncBatchNorm takes statistics over the global batch, and "
+                          f"train.ghost_batch={tc.ghost_batch} over smaller ones", "use one of the two")
+
+
+@rule("train.ghost_batch", "train.batch_size", "train.accumulate", "train.devices", "train.nodes")
 def ghost_batch_fits(cfg: TrialConfig, ctx: Context) -> None:
     tc = cfg.train
-    micro = tc.batch_size // tc.accumulate
+    micro = tc.batch_size // (tc.accumulate * tc.devices * tc.nodes)
     if tc.ghost_batch is not None and tc.ghost_batch > micro:
         raise ConfigError("train.ghost_batch", f"{tc.ghost_batch} is not in 1..{micro} (the batch each forward "
-                          "pass sees)", "use a ghost batch no larger than batch_size / accumulate")
+                          "pass sees)", "use a ghost batch no larger than batch_size / (accumulate x ranks)")
 
 
 @rule("train.batch_size", "data.")

@@ -14,16 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import data, optim, rules, schedules, stream
+from . import data, optim, ranks, rules, schedules, stream, sync_bn
 from .augment import Normalize, TrainBatches, eval_batches, pad_images
 from .config import Data, TrialConfig, non_defaults
 from .errors import ConfigError, Diverged, TrialError, out_of_memory, release_device_memory
 from .ghost_bn import apply_ghost_bn
 from .host_memory import keep_freed_memory
+from .metrics import WORLD_SIZE
 from .model_io import load_model, save_model
 from .models import build_model
 from .objective import Objective
 
+RANK_STATE = ("gen", "torch_rng", "cuda_rng", "objective_rng")  # a checkpoint's random states, one per rank
 Report = Callable[[int, Mapping[str, float]], None]
 """Called after each epoch with (epoch, metrics); may raise to stop the trial (pruning)."""
 
@@ -76,8 +78,9 @@ def cpu_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def evaluate(model, batches, autocast, tta_flip: bool = False) -> tuple[float, float]:
-    """Mean loss and error; with tta_flip the softmax of each image and its mirror are averaged."""
+def evaluate(model, batches, autocast, tta_flip: bool = False, device: torch.device | None = None) -> tuple[float, float]:
+    """Mean loss and error (over every rank's share); with tta_flip the softmax of each image and its
+    mirror are averaged."""
     model.eval()
     loss = err = n = 0
     with torch.inference_mode(), autocast():
@@ -88,6 +91,8 @@ def evaluate(model, batches, autocast, tta_flip: bool = False) -> tuple[float, f
             loss = loss + F.nll_loss(logp, y, reduction="sum")
             err = err + (logp.argmax(1) != y).sum()
             n += len(y)
+    if ranks.here().world > 1:  # each rank evaluated its share
+        loss, err, n = (float(v) for v in ranks.summed(*map(torch.as_tensor, (loss, err, n)), device=device))
     if n == 0:
         return math.nan, math.nan
     return float(loss) / n, float(err) / n
@@ -99,10 +104,13 @@ def accumulate_gradients(model, objective, x, y, parts: int, autocast, scale=lam
     Returns (per-micro-batch losses, logits) for the metrics.
     """
     losses, logits = [], []
-    for xm, ym in zip(x.chunk(parts), y.chunk(parts)):
-        with autocast():
-            loss, out = objective(model, xm, ym)
-        scale(loss * (len(ym) / len(y))).backward()
+    for i, (xm, ym) in enumerate(zip(x.chunk(parts), y.chunk(parts))):
+        # Across ranks, gradients are averaged once, on the last micro-batch's backward.
+        quiet = i < parts - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if quiet else contextlib.nullcontext():
+            with autocast():
+                loss, out = objective(model, xm, ym)
+            scale(loss * (len(ym) / len(y))).backward()
         losses.append(loss.detach())
         logits.append(out.detach())
     return torch.stack(losses), torch.cat(logits)
@@ -196,6 +204,13 @@ class Training:
         self.cfg, tc = cfg, cfg.train
         rules.check(cfg, rules.Context.here())
         self.device = device = resolve_device(tc.device)
+        self.place = place = ranks.here()
+        if place.world != tc.devices * tc.nodes:
+            raise ConfigError("train.devices", f"{tc.devices * tc.nodes} ranks asked for, and this trial runs in "
+                              f"{place.world} process(es)", "run it with `sweep run` or `sweep train`, which "
+                              "start a process per rank")
+        if place.world > 1 and device.type == "cuda" and device.index is None:
+            self.device = device = torch.device("cuda", torch.cuda.current_device())  # the rank's own GPU
         if device.type == "cpu":
             keep_freed_memory()
         elif device.type == "cuda":
@@ -216,25 +231,38 @@ class Training:
             model = build_model(cfg.model, splits.num_classes, splits.in_channels)
             if tc.ghost_batch:
                 apply_ghost_bn(model, tc.ghost_batch)
+            if place.world > 1:  # the same init on every rank; its own dropout and drop path after
+                if tc.sync_bn:
+                    model = sync_bn.convert(model, device)
+                torch.manual_seed(ranks.seed(tc.seed, place))
             self.global_rng = self._global_rng()
         fmt = torch.channels_last if tc.channels_last else torch.preserve_format
         self.model = model = model.to(device, memory_format=fmt)
         # Training steps call the compiled wrapper; self.model stays the plain module, so checkpoints,
         # saved models and the EMA keep their keys (a compiled module prefixes them with `_orig_mod.`).
-        self.step_model = torch.compile(model) if tc.compile else model
+        stepped = model
+        if place.world > 1:  # gradients averaged over the ranks
+            from torch.nn.parallel import DistributedDataParallel
+            stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.step_model = torch.compile(stepped) if tc.compile else stepped
         teacher = load_model(tc.teacher, device).to(memory_format=fmt) if tc.teacher else None
-        self.gen = torch.Generator(device).manual_seed(tc.seed)
+        # The order of the data is drawn alike on every rank; each rank's augmentation and
+        # mixing draws are its own (one generator for both with one rank).
+        self.order_gen = self.gen = torch.Generator(device).manual_seed(tc.seed)
+        if place.world > 1:
+            self.gen = torch.Generator(device).manual_seed(ranks.seed(tc.seed, place))
         self.normalize = Normalize(splits.mean, splits.std, cfg.augment.normalize, device, tc.channels_last)
         if streamed:
             self.batches = stream.StreamBatches(splits, cfg.data, cfg.augment, tc.batch_size, self.normalize,
-                                                self.gen, device)
-            self.val, self.test = (stream.StreamEval(splits, which, cfg.data, device, tc.eval_batch_size)
+                                                self.gen, device, self.order_gen, place)
+            self.val, self.test = (stream.StreamEval(splits, which, cfg.data, device, tc.eval_batch_size, place)
                                    for which in ("val", "test"))
         else:
-            out_size = cfg.data.image_size if cfg.data.dataset == "image_folder" else splits.train_x.shape[-1]
+            out_size = cfg.data.image_size if data.reads_files(cfg.data) else splits.train_x.shape[-1]
             self.batches = TrainBatches(train_x, train_y, tc.batch_size, cfg.augment, self.normalize, self.gen,
-                                        out_size, padded=True, device=device)
-            self.val, self.test = ResidentEval(*val, tc.eval_batch_size), ResidentEval(*test, tc.eval_batch_size)
+                                        out_size, padded=True, device=device, order_gen=self.order_gen, place=place)
+            self.val, self.test = (ResidentEval(x[place.rank::place.world], y[place.rank::place.world],
+                                                tc.eval_batch_size) for x, y in (val, test))
         if len(self.batches) == 0:  # an image folder's size is only known once loaded (rules.batch_fits_data)
             raise ConfigError("train.batch_size", f"{tc.batch_size} is larger than the training images",
                               "lower train.batch_size or raise data.subset")
@@ -250,7 +278,7 @@ class Training:
         self.warm = False  # the first step (compilation, cuDNN's autotuning) is timed apart
         # On a GPU a per-step check would sync the host every step; remember the
         # first bad step on the device and look once per epoch instead.
-        self.check_each_step = device.type == "cpu"
+        self.check_each_step = device.type == "cpu" and place.world == 1  # (ranks decide together)
 
     def _cuda(self) -> list[torch.device]:
         return [self.device] if self.device.type == "cuda" else []
@@ -286,7 +314,7 @@ class Training:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def scores(self, model, split) -> tuple[float, float]:
-        return evaluate(model, split.batches(self.normalize), self.autocast, self.cfg.train.tta_flip)
+        return evaluate(model, split.batches(self.normalize), self.autocast, self.cfg.train.tta_flip, self.device)
 
     def epoch(self) -> dict[str, float]:
         """Train one epoch and evaluate on the validation split."""
@@ -295,7 +323,7 @@ class Training:
 
     def _epoch(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        tc, device, model, opt = self.cfg.train, self.device, self.model, self.opt
+        tc, device, model, opt, place = self.cfg.train, self.device, self.model, self.opt, self.place
         epoch = self.epochs_done + 1
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -331,6 +359,10 @@ class Training:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 self.warm, warmup, warm_images = True, time.perf_counter() - t0, len(y)
+        if place.world > 1:  # every rank's share of the epoch, and the first bad step of any rank
+            first_bad = ranks.largest(first_bad)
+            loss_sum, err_sum, seen = ranks.summed(loss_sum, err_sum, torch.tensor(seen, device=device))
+            seen, warm_images = int(seen), warm_images * place.world
         if not check_each_step and (bad := int(first_bad)) >= 0:
             raise Diverged(epoch, bad)
         if scale_before is not None and steps and \
@@ -346,7 +378,7 @@ class Training:
         val_loss, val_error = self.scores(model, self.val)
         metrics = {"train_loss": float(loss_sum) / seen, "train_error": float(err_sum) / seen,
                    "val_loss": val_loss, "val_error": val_error, "lr": lr,
-                   "images_per_s": seen_steady / time_steady, "warmup_s": warmup}
+                   "images_per_s": seen_steady / time_steady, "warmup_s": warmup, WORLD_SIZE: place.world}
         if self.ema is not None:
             metrics["val_loss_ema"], metrics["val_error_ema"] = self.scores(self.ema.module, self.val)
         metrics["epoch_time_s"] = time.perf_counter() - t0
@@ -363,7 +395,7 @@ class Training:
         result["test_loss"], result["test_error"] = self.scores(self.model, self.test)
         if self.ema is not None:
             result["test_loss_ema"], result["test_error_ema"] = self.scores(self.ema.module, self.test)
-        if self.cfg.train.save_model:
+        if self.cfg.train.save_model and self.place.main:
             save_model(self.cfg.train.save_model, self.model, self.cfg.model, self.num_classes, self.in_channels)
         return {**result, "epochs_done": self.epochs_done,
                 "images_per_s": sum(h["images_per_s"] for h in self.history) / len(self.history),
@@ -381,6 +413,9 @@ class Training:
             state["ema"] = self.ema.state_dict()
         if "cuda" in self.global_rng:
             state["cuda_rng"] = self.global_rng["cuda"]
+        if self.place.world > 1:  # each rank's own draws, and the order they share
+            state["order_gen"] = self.order_gen.get_state()
+            state["ranks"] = ranks.gathered({k: state[k] for k in RANK_STATE if k in state})
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -396,6 +431,9 @@ class Training:
             raise TrialError(f"the checkpoint was written by a trial on {saved_on}, and this one trains on {here}: "
                              "its random state cannot move between kinds of device; fix: give the sweep's workers "
                              "one kind of device, or delete the checkpoint to start the trial over")
+        if "ranks" in state:
+            state = {**state, **state["ranks"][self.place.rank]}
+            self.order_gen.set_state(state["order_gen"])
         self.model.load_state_dict(state["model"])
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
         self.opt.load_state_dict(state["opt"])
@@ -424,11 +462,14 @@ class Training:
         import errno
 
         from .errors import TrialError
+        state = self.state_dict()  # (on every rank: it gathers their random states)
+        if not self.place.main:
+            return
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({**self.state_dict(), "config": self._identity()}, tmp)
+            torch.save({**state, "config": self._identity()}, tmp)
             os.replace(tmp, path)
         except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
@@ -447,6 +488,18 @@ class Training:
         (truncated, tampered with, not a checkpoint) counts as absent: one warning line, and it is
         moved aside to NAME.unreadable, so the trial starts over.
         """
+        state = self._read(path, any_config) if self.place.main else None
+        if self.place.world > 1:  # rank 0 decides; the others read the file it found good
+            if not ranks.from_main(state is not None):
+                return False
+            if state is None:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True
+
+    def _read(self, path: str | Path, any_config: bool) -> dict | None:
         import sys
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -459,11 +512,10 @@ class Training:
             reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason.split('. ')[0]}); "
                   f"starting over, the file moved to {aside.name}", file=sys.stderr, flush=True)
-            return False
+            return None
         if not any_config and state.get("config") != self._identity():
-            return False
-        self.load_state_dict(state)
-        return True
+            return None
+        return state
 
     def _identity(self) -> dict:
         """The config as a checkpoint records it: its keys that differ from the defaults, as a sweep's

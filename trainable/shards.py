@@ -26,6 +26,7 @@ from webdataset.tariterators import tarfile_samples
 
 from .config import Augment, Data
 from .errors import ConfigError
+from .ranks import Place
 from .images import (STATS_IMAGES, Epochs, channel_stats, collate, eval_image, eval_item, folder_paths, image_rng,
                      joined, loader, train_item, train_policy)
 
@@ -164,13 +165,14 @@ class ShardSource:
     std: tuple[float, ...]
     in_channels: int = 3
 
-    def train_epochs(self, cfg: Data, augment: Augment, batch_size: int, seed: int, device: torch.device):
-        return _ShardEpochs(self, cfg, augment, batch_size, seed, device)
+    def train_epochs(self, cfg: Data, augment: Augment, batch_size: int, seed: int, device: torch.device,
+                     place: Place = Place()):
+        return _ShardEpochs(self, cfg, augment, batch_size, seed, device, place)
 
-    def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device):
+    def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device, place: Place = Place()):
         shards, keep = (self.train, self.val_keep) if which == "val" else (self.test, self.test_keep)
         images = _EvalShards(shards, keep, cfg.test_size or cfg.image_size, cfg.eval_crop, batch_size,
-                             cfg.decode == "device")
+                             cfg.decode == "device", place)
         return loader(images, cfg, device, persistent=False, batch_size=None, collate_fn=None)
 
 
@@ -197,18 +199,21 @@ def source(cfg: Data) -> ShardSource:
 class _TrainShards(torch.utils.data.IterableDataset):
     """One worker's share of an epoch: its shards in the epoch's order, mixed, cropped, in chunks."""
 
-    def __init__(self, src: ShardSource, cfg: Data, augment: Augment, seed: int, chunk: int):
+    def __init__(self, src: ShardSource, cfg: Data, augment: Augment, seed: int, chunk: int, place: Place):
+        self.place = place
         self.shards, self.keep, self.size, self.seed, self.chunk = src.train, src.train_keep, cfg.image_size, seed, chunk
         self.on_device = cfg.decode == "device"
         self.scale, self.flip, self.repeated = tuple(augment.crop_scale), augment.flip, augment.repeated
         self.policy = train_policy(augment)
-        self.epoch = 0  # set before each epoch's workers start (they are not persistent)
+        self.epoch = self.cycle = 0  # set before each pass's workers start (they are not persistent)
 
     def _images(self) -> Iterator[tuple[torch.Tensor, int]]:
         worker, workers = _worker()
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shards.files))[worker::workers]
-        items = read(self.shards, order, self.keep)
-        for place, data, label in mixed(items, np.random.default_rng((self.seed, self.epoch, worker))):
+        order = np.random.default_rng((self.seed, self.epoch, self.cycle)).permutation(len(self.shards.files))
+        mine = order[self.place.rank::self.place.world][worker::workers]  # dealt to the ranks, then the workers
+        items = read(self.shards, mine, self.keep)
+        draws = np.random.default_rng((self.seed, self.epoch, self.cycle, self.place.rank, worker))
+        for place, data, label in mixed(items, draws):
             for copy in range(self.repeated):
                 rng = image_rng(self.seed, self.epoch, place, copy)
                 img = train_item(data, self.size, self.scale, rng, self.flip, self.on_device)
@@ -221,42 +226,55 @@ class _TrainShards(torch.utils.data.IterableDataset):
 
 
 class _EvalShards(torch.utils.data.IterableDataset):
-    def __init__(self, shards: ShardSet, keep: np.ndarray, size: int, crop: float, chunk: int, on_device: bool):
+    def __init__(self, shards: ShardSet, keep: np.ndarray, size: int, crop: float, chunk: int, on_device: bool,
+                 place: Place):
         self.shards, self.keep, self.size, self.crop, self.chunk = shards, keep, size, crop, chunk
-        self.on_device = on_device
+        self.on_device, self.place = on_device, place
 
     def __iter__(self):
         worker, workers = _worker()
-        items = read(self.shards, range(worker, len(self.shards.files), workers), self.keep)
+        mine = range(self.place.rank, len(self.shards.files), self.place.world)[worker::workers]
+        items = read(self.shards, mine, self.keep)
         return _chunks(((eval_item(data, self.size, self.crop, self.on_device), label) for _, data, label in items),
                        self.chunk)
 
 
 class _ShardEpochs(Epochs):
     """Fixed-size batches from the workers' chunks: an epoch is len(self) batches whatever each
-    worker's share, the ragged tail dropped (with repeated copies, it ends before every image is read)."""
+    worker's share, the ragged tail dropped (with repeated copies, it ends before every image is read).
+    With several ranks each reads the shards dealt to it, a share of each batch; a rank whose shards
+    run out first reads them again in another order, so every rank takes the epoch's number of steps."""
 
     def __init__(self, src: ShardSource, cfg: Data, augment: Augment, batch_size: int, seed: int,
-                 device: torch.device):
-        self.images = _TrainShards(src, cfg, augment, seed, batch_size)
+                 device: torch.device, place: Place):
+        if place.world > len(src.train.files):
+            raise ConfigError("train.devices", f"{place.world} ranks and {len(src.train.files)} training shards: a "
+                              "rank would read none", "write more, smaller shards (sweep data --shards N)")
+        self.share = batch_size // place.world
+        self.images = _TrainShards(src, cfg, augment, seed, self.share, place)
         self.loader = loader(self.images, cfg, device, persistent=False, batch_size=None, collate_fn=None)
         self.n, self.batch_size, self.epoch = int(src.train_keep.sum()), batch_size, 0
 
     def __len__(self) -> int:
         return self.n // self.batch_size
 
+    def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.images.epoch = self.epoch  # the workers start with each pass and copy it
+        for cycle in range(len(self) + 1):  # a pass yields at least one image, so this many are enough
+            self.images.cycle = cycle
+            yield from self.loader
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.images.epoch = self.epoch  # the workers start with each epoch and copy it
         held_x, held_y, have, made = [], [], 0, 0
-        for xb, yb in self.loader:
+        for xb, yb in self._chunks():
             held_x.append(xb)
             held_y.append(yb)
             have += len(yb)
-            while have >= self.batch_size and made < len(self):
+            while have >= self.share and made < len(self):
                 x, y = joined(held_x), joined(held_y)
-                yield x[:self.batch_size], y[:self.batch_size]
+                yield x[:self.share], y[:self.share]
                 made += 1
-                held_x, held_y = ([x[self.batch_size:]], [y[self.batch_size:]]) if len(y) > self.batch_size else ([], [])
-                have -= self.batch_size
+                held_x, held_y = ([x[self.share:]], [y[self.share:]]) if len(y) > self.share else ([], [])
+                have -= self.share
             if made == len(self):
                 return

@@ -22,6 +22,7 @@ from . import shards
 from .augment import Normalize, float_stage
 from .config import Augment, Data
 from .errors import DatasetMissing
+from .ranks import Place
 from .images import (STATS_IMAGES, Epochs, channel_stats, eval_image, eval_item, folder_paths, image_rng, loader,
                      on_device, train_item, train_policy)
 
@@ -63,12 +64,15 @@ class FolderSource:
     std: tuple[float, ...]
     in_channels: int = 3
 
-    def train_epochs(self, cfg: Data, augment: Augment, batch_size: int, seed: int, device: torch.device) -> Epochs:
-        return _FolderEpochs(self, cfg, augment, batch_size, seed, device)
+    def train_epochs(self, cfg: Data, augment: Augment, batch_size: int, seed: int, device: torch.device,
+                     place: Place = Place()) -> Epochs:
+        return _FolderEpochs(self, cfg, augment, batch_size, seed, device, place)
 
-    def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device) -> Iterable:
+    def eval_batches(self, which: str, cfg: Data, batch_size: int, device: torch.device,
+                     place: Place = Place()) -> Iterable:
         paths, labels = (self.val_paths, self.val_labels) if which == "val" else (self.test_paths, self.test_labels)
-        images = _EvalImages(paths, labels, cfg.test_size or cfg.image_size, cfg.eval_crop, cfg.decode == "device")
+        mine = slice(place.rank, None, place.world)  # each rank evaluates its share
+        images = _EvalImages(paths[mine], labels[mine], cfg.test_size or cfg.image_size, cfg.eval_crop, cfg.decode == "device")
         return loader(images, cfg, device, batch_size=batch_size)
 
 
@@ -137,8 +141,8 @@ class _EpochOrder(torch.utils.data.Sampler):
     each its own crop), tiled and cut at the batch size, as augment.TrainBatches does.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, repeated: int = 1):
-        self.n, self.batch_size, self.seed, self.repeated = n, batch_size, seed, repeated
+    def __init__(self, n: int, batch_size: int, seed: int, repeated: int = 1, place: Place = Place()):
+        self.n, self.batch_size, self.seed, self.repeated, self.place = n, batch_size, seed, repeated, place
         self.epoch = 0  # set by the owner before each epoch
 
     def __len__(self) -> int:
@@ -150,15 +154,15 @@ class _EpochOrder(torch.utils.data.Sampler):
         for b in range(len(self)):
             chunk = order[b * distinct:(b + 1) * distinct]
             keys = [(int(i), self.epoch, copy) for copy in range(self.repeated) for i in chunk]
-            yield keys[:self.batch_size]
+            yield keys[:self.batch_size][self.place.share(self.batch_size)]  # this rank's share
 
 
 class _FolderEpochs(Epochs):
     """A folder's images in random access: any worker count gives one stream for a seed."""
 
     def __init__(self, src: FolderSource, cfg: Data, augment: Augment, batch_size: int, seed: int,
-                 device: torch.device):
-        self.order = _EpochOrder(len(src.train_paths), batch_size, seed, augment.repeated)
+                 device: torch.device, place: Place):
+        self.order = _EpochOrder(len(src.train_paths), batch_size, seed, augment.repeated, place)
         self.loader = loader(_TrainImages(src, cfg, augment, seed), cfg, device, batch_sampler=self.order)
         self.epoch = 0
 
@@ -174,9 +178,11 @@ class StreamBatches:
     """Augmented training batches streamed from a source; the same interface as TrainBatches."""
 
     def __init__(self, src, cfg: Data, augment: Augment, batch_size: int, normalize: Normalize,
-                 gen: torch.Generator, device: torch.device):
-        seed = int(torch.randint(2 ** 62, (1,), device=gen.device, generator=gen))
-        self.epochs = src.train_epochs(cfg, augment, batch_size, seed, device)
+                 gen: torch.Generator, device: torch.device, order_gen: torch.Generator | None = None,
+                 place: Place = Place()):
+        order_gen = order_gen if order_gen is not None else gen  # (drawn alike on every rank)
+        seed = int(torch.randint(2 ** 62, (1,), device=order_gen.device, generator=order_gen))
+        self.epochs = src.train_epochs(cfg, augment, batch_size, seed, device, place)
         self.augment, self.normalize, self.gen, self.device = augment, normalize, gen, device
         self.size, self.crop = cfg.image_size, cfg.eval_crop
 
@@ -200,8 +206,8 @@ class StreamBatches:
 class StreamEval:
     """Validation or test images of a source, resized and centre-cropped by the loader's workers."""
 
-    def __init__(self, src, which: str, cfg: Data, device: torch.device, batch_size: int):
-        self.loader = src.eval_batches(which, cfg, batch_size, device)
+    def __init__(self, src, which: str, cfg: Data, device: torch.device, batch_size: int, place: Place = Place()):
+        self.loader = src.eval_batches(which, cfg, batch_size, device, place)
         self.device, self.size, self.crop = device, cfg.test_size or cfg.image_size, cfg.eval_crop
 
     def batches(self, normalize: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
