@@ -34,9 +34,11 @@ def per_gpu(share: float) -> int:
     return max(1, int(1 / share + 1e-9)) if 0 < share < 1 else 1
 
 
-def spread(workers: int, gpus: list[str]) -> list[str | None]:
-    """Each worker's GPU, round robin: the first len(gpus) workers get one each, the next ones share."""
-    return [gpus[i % len(gpus)] for i in range(workers)] if gpus else [None] * workers
+def spread(workers: int, gpus: list[str], each: int = 1) -> list[str | None]:
+    """Each worker's GPU, round robin: the first len(gpus) workers get one each, the next ones share.
+    With `each` > 1 (a trial of that many ranks) a worker gets a group of that many ("0,1")."""
+    groups = [",".join(gpus[i:i + each]) for i in range(0, len(gpus) - each + 1, each)]
+    return [groups[i % len(groups)] for i in range(workers)] if groups else [None] * workers
 
 
 def pinned(env: dict[str, str], gpu: str | None) -> dict[str, str]:

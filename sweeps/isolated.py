@@ -31,6 +31,22 @@ def world(spec: SweepSpec, values: Mapping[str, Any]) -> int:
     return tc.devices * tc.nodes
 
 
+def widest(spec: SweepSpec) -> tuple[int, int]:
+    """The most train.devices and train.nodes a trial of the sweep can have (base and space)."""
+    def most(key: str, base: int) -> int:
+        tried = [v for p in spec.space if p.key == key for v in getattr(p.dist, "tried", tuple)()]
+        return max([base, *tried])
+    return most("train.devices", spec.base.train.devices), most("train.nodes", spec.base.train.nodes)
+
+
+def check(spec: SweepSpec) -> None:
+    """What a trial of several ranks needs of the Optuna engine: one node."""
+    _, nodes = widest(spec)
+    if nodes > 1:
+        raise spec.error(("base", "train.nodes"), f"{nodes}: the Optuna engine runs a trial's ranks on one node",
+                         "use train.nodes: 1 with train.devices ranks on the node", key="train.nodes")
+
+
 def wanted(spec: SweepSpec, values: Mapping[str, Any]) -> bool:
     """Whether this trial runs in its own process(es): always, never, or (auto) when it trains on a
     GPU; a trial of several ranks always does, a process per rank."""
@@ -62,7 +78,7 @@ def _join_ranks(place, rendezvous: str | None) -> None:
     import torch.distributed as dist
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() > place.rank
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= place.world  # alike on every rank
     if cuda:
         torch.cuda.set_device(place.rank)
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{rendezvous}",

@@ -13,7 +13,7 @@ import optuna
 
 from search_spaces import SweepSpec
 
-from . import optuna_work, study as studies, workers
+from . import isolated, optuna_work, study as studies, workers
 from .base import RunOptions, RunSummary
 from .progress import Progress
 
@@ -23,6 +23,7 @@ class OptunaEngine:
 
     def check(self, spec: SweepSpec, workers: int | None = None, address: str | None = None) -> None:
         optuna_work.check(spec)
+        isolated.check(spec)
 
     def run(self, spec: SweepSpec, options: RunOptions) -> RunSummary:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines report each trial

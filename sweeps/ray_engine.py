@@ -75,7 +75,7 @@ from search_spaces import SweepSpec
 from trainable import TrialError, to_dict
 from trainable.config import with_key
 
-from . import compat, ray_pbt, ray_schedulers, record, sampling, study as studies
+from . import compat, isolated, ray_pbt, ray_schedulers, record, sampling, study as studies
 from .base import RunOptions, RunSummary, SweepError
 from .progress import Progress
 from .trial import median_metrics, run_seeds, versions
@@ -443,6 +443,11 @@ class RayEngine:
         """What the Ray engine refuses in a spec (sweeps.check runs it before anything starts)."""
         sampling.check(spec)
         ray_schedulers.check(spec)
+        devices, nodes = isolated.widest(spec)
+        if devices * nodes > 1:
+            raise spec.error(("base", "train.devices"), f"{devices * nodes} ranks per trial: the Ray engine trains "
+                             "each trial in one process so far", "use --engine optuna for data-parallel trials on "
+                             "one node", key="train.devices")
         if spec.resources.gpu == 0 and (cuda := next((d for d in _devices(spec) if str(d).startswith("cuda")), None)):
             raise spec.error(("resources", "gpu"), f"0 gives Ray's trials no GPU, and train.device is {cuda}",
                              "set resources.gpu (e.g. 1, or 0.5 to pack two trials on a GPU), or train.device auto")

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search_spaces import SweepSpec
 
-from . import gpus, optuna_work, study as studies
+from . import gpus, isolated, optuna_work, study as studies
 from .base import RunOptions, RunSummary, SweepError, check
 from .progress import Progress
 
@@ -56,11 +56,12 @@ def auto_workers(spec: SweepSpec) -> int:
     GPU (one when resources.gpu is 0 or 1). Never more than the trial budget.
     """
     import torch
+    ranks = isolated.widest(spec)[0]  # a trial of several ranks takes that many GPUs, or cores
     count = len(gpus.visible()) if torch.cuda.is_available() else 0
     if spec.resources.gpu > 0 or count:
-        n = max(1, count) * gpus.per_gpu(spec.resources.gpu)
+        n = max(1, count // ranks) * gpus.per_gpu(spec.resources.gpu)
     else:
-        n = (os.cpu_count() or 1) // max(1, math.ceil(spec.resources.cpu))
+        n = (os.cpu_count() or 1) // max(1, math.ceil(spec.resources.cpu)) // ranks
     return max(1, min(n, spec.trials or n, AUTO_MAX))
 
 
@@ -114,9 +115,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _gpu_plan(workers: int) -> list[str | None]:
+def _gpu_plan(workers: int, ranks: int = 1) -> list[str | None]:
     import torch
-    return gpus.spread(workers, gpus.visible() if torch.cuda.is_available() else [])
+    return gpus.spread(workers, gpus.visible() if torch.cuda.is_available() else [], ranks)
 
 
 def start(job: dict, plan: list[str | None], quiet_children: bool = True) -> list[subprocess.Popen]:
@@ -162,7 +163,7 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
     progress = Progress(spec, budget, before.finished, quiet=options.quiet)
     if before.best_number is not None:  # the progress lines show the best so far, earlier runs included
         progress.best = (before.best_value, before.best_number)
-    plan = _gpu_plan(options.workers)
+    plan = _gpu_plan(options.workers, isolated.widest(spec)[0])
     job = {"spec": spec, "storage": options.storage, "run_dir": str(Path(options.run_dir).resolve()),
            "threads": threads_per_worker(options.workers)}
     procs: list[subprocess.Popen] = []
@@ -195,7 +196,7 @@ def run_workers(spec: SweepSpec, options: RunOptions) -> RunSummary:
 def join_many(spec: SweepSpec, storage: str, run_dir: str | Path, workers: int, threads: int | None) -> int:
     """`sweep worker --workers N`: N joining workers on this machine, spread over its visible GPUs;
     each prints its own lines. Returns 130 when stopped by Ctrl-C, else 0 (1 if every worker failed)."""
-    plan = _gpu_plan(workers)
+    plan = _gpu_plan(workers, isolated.widest(spec)[0])
     job = {"spec": spec, "storage": storage, "run_dir": str(Path(run_dir).resolve()),
            "threads": threads or threads_per_worker(workers)}
     print(f"{workers} workers, {_placement(plan)}", flush=True)

@@ -81,3 +81,17 @@ def test_one_process_cannot_train_a_trial_of_two_ranks_and_the_batch_must_split(
         train(from_flat({**flatten(copy.deepcopy(TINY_BASE)), **PLAIN, "train.devices": 2}))
     with pytest.raises(ConfigError, match="train.batch_size"):
         train(from_flat({**flatten(copy.deepcopy(TINY_BASE)), **PLAIN, "train.devices": 3}))
+
+
+@pytest.mark.parametrize("engine, changes, key", [("ray", {"train.devices": 2}, "train.devices"),
+                                                  ("optuna", {"train.nodes": 2}, "train.nodes")])
+def test_what_an_engine_cannot_run_is_refused_before_the_sweep_starts(write_spec, tmp_path, engine, changes, key):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    path = write_spec(_spec(changes, engine=engine))
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and key in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

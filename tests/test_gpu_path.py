@@ -467,3 +467,14 @@ def test_sweep_worker_starts_several_workers_that_finish_the_sweep_together(writ
     assert out.stdout.startswith("2 workers join sweep 'tiny'")
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
     assert sorted(t.params["optim.lr"] for t in trials if t.state.name == "COMPLETE") == [0.01, 0.02, 0.03, 0.04]
+
+
+def test_a_worker_of_two_rank_trials_gets_two_gpus_of_its_own(four_gpus, write_spec):
+    from conftest import tiny_spec
+    from search_spaces import load_spec
+    from sweeps import gpus
+    from sweeps.workers import _gpu_plan, auto_workers
+    spec = tiny_spec(budget={"trials": 100}, resources={"gpu": 1})
+    spec["base"]["train"]["devices"] = 2
+    assert auto_workers(load_spec(write_spec(spec))) == 2
+    assert _gpu_plan(2, 2) == ["0,1", "2,3"] and gpus.spread(3, ["0", "1", "2"], 2) == ["0,1", "0,1", "0,1"]
