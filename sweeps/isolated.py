@@ -11,6 +11,7 @@ engines call: a trial in a fresh process or here, as `wanted` says.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,15 @@ def wanted(spec: SweepSpec, values: Mapping[str, Any]) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def die_with_parent(sig: int) -> None:
+    """Linux: this process gets `sig` when its parent dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)
+    except (OSError, AttributeError):  # not Linux: it outlives a killed parent until its next report
+        pass
+
+
 class _Pruned(Exception):
     """The parent's pruner stopped the trial."""
 
@@ -91,6 +101,7 @@ def _child(conn, spec: SweepSpec, values: dict, checkpoint_dir: str | None, save
 
     from trainable import ranks
     place = place or ranks.Place()
+    die_with_parent(signal.SIGKILL)  # a killed engine leaves no trial process (the trial is retried)
     torch.set_num_threads(threads)  # the worker's (a trial's own train.threads still wins)
     if place.world > 1:
         _join_ranks(place, rendezvous)
@@ -171,11 +182,13 @@ def run_seeds_isolated(spec: SweepSpec, values: Mapping[str, Any], on_epoch: Cal
     n = world(spec, values)
     rendezvous = tempfile.mkdtemp(prefix="sweep-ranks-") if n > 1 else None  # private (0700)
     threads = max(1, torch.get_num_threads() // n)
+    # Not daemonic: a trial's DataLoader starts worker processes of its own. The processes end
+    # with this one all the same (die_with_parent; the finally below kills what is left).
     procs = [spawn.Process(
         target=_child,
         args=(child, spec, dict(values), str(checkpoint_dir) if checkpoint_dir else None, save_first, adopt,
               threads, ranks.Place(r, n), f"{rendezvous}/store" if rendezvous else None),
-        daemon=True, name=f"sweep-trial-rank{r}" if n > 1 else "sweep-trial") for r in range(n)]
+        daemon=False, name=f"sweep-trial-rank{r}" if n > 1 else "sweep-trial") for r in range(n)]
     for proc in procs:
         proc.start()
     child.close()

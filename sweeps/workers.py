@@ -13,7 +13,6 @@ beat one trial on all of them (BENCHMARKS.md, "The ratios, against the targets")
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import pickle
@@ -109,10 +108,7 @@ def _child() -> int:
 def _die_with_parent() -> None:
     """Linux: the worker gets SIGTERM when `sweep run` dies, even by SIGKILL, so a killed run
     leaves no workers behind (their trials in flight are retried by the next run)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers outlive a killed parent, finishing the sweep
-        pass
+    isolated.die_with_parent(signal.SIGTERM)
 
 
 def _gpu_plan(workers: int, ranks: int = 1) -> list[str | None]:

@@ -95,3 +95,105 @@ def test_what_an_engine_cannot_run_is_refused_before_the_sweep_starts(write_spec
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and key in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _marked(mark: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose environment holds `mark`."""
+    import os
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark.encode() not in f.read():
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found.append((int(entry), f.read().replace(b"\0", b" ").decode()))
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().split(") ")[1].split()[0] == "Z":  # a zombie: gone, not yet reaped
+                    found.pop()
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def test_a_rank_killed_fails_its_trial_and_leaves_nothing_running(write_spec, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from conftest import ROOT, wait_for
+    mark = f"RECIPE_SWEEP_TEST_MARK={uuid.uuid4().hex}"
+    path = write_spec(_spec({**PLAIN, "train.devices": 2, "train.epochs": 200}, budget={"trials": 1}))
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ranks = wait_for(lambda: [p for p, cmd in _marked(mark.split("=")[1])
+                                  if "spawn_main" in cmd and "resource_tracker" not in cmd][1:] or None, timeout=120)
+        assert ranks, "the trial's ranks did not start"
+        wait_for(lambda: False, timeout=3)  # into training
+        os.kill(ranks[-1], signal.SIGKILL)
+        out, err = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert wait_for(lambda: not _marked(mark.split("=")[1]), timeout=30), _marked(mark.split("=")[1])
+    spec = load_spec(path)
+    frame = analysis.load(spec, sweeps.resolve(spec.name, None, tmp_path / "runs"))
+    assert frame.loc[0, "state"] == "failed", (out, err)
+    assert frame.loc[0, "error"].startswith("rank 1 of the trial's 2 processes died (exit code -9)")
+
+
+def test_a_killed_sweep_leaves_no_rank_running_and_its_rerun_resumes_the_trial(write_spec, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from conftest import ROOT, wait_for
+    mark = uuid.uuid4().hex
+    path = write_spec(_spec({**PLAIN, "train.devices": 2, "train.epochs": 6}, budget={"trials": 1}))
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--dir", str(tmp_path / "runs")]
+    sweep = subprocess.Popen(cmd, env={**os.environ, "RECIPE_SWEEP_TEST_MARK": mark},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "runs"
+    try:
+        assert wait_for(lambda: list(checkpoints.rglob("seed0.pt")), timeout=120), "no checkpoint was written"
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait(30)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert wait_for(lambda: not _marked(mark), timeout=30), _marked(mark)  # the ranks died with it
+    saved = torch.load(next(checkpoints.rglob("seed0.pt")), map_location="cpu", weights_only=True)["history"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    spec = load_spec(path)
+    frame = analysis.load(spec, sweeps.resolve(spec.name, None, tmp_path / "runs"))
+    assert list(frame["state"]) == ["complete"] and frame.loc[0, "epochs_done"] == 6
+    curve = analysis.curves(spec, sweeps.resolve(spec.name, None, tmp_path / "runs"))
+    assert sorted(set(curve[curve["metric"] == "val_error"]["epoch"])) == [1, 2, 3, 4, 5, 6]
+    times = curve[curve["metric"] == "epoch_time_s"].sort_values("epoch")["value"].tolist()
+    assert times[:len(saved)] == [h["epoch_time_s"] for h in saved]  # resumed: the killed run's epochs kept
+
+
+@pytest.mark.parametrize("dataset", ["image_folder", "image_shards"])
+def test_two_ranks_train_on_streamed_images(tmp_path, dataset):
+    from jpeg_folder import write_jpeg_folder
+    from trainable.config import Data
+    from trainable.export import write
+    root = write_jpeg_folder(tmp_path / "folder", train=192, test=48, size=(40, 36))
+    if dataset == "image_shards":
+        root = write(tmp_path / "shards", Data(dataset="image_folder", root=str(root)), None, None, 0, shards=40)
+    changes = {**PLAIN, "train.devices": 2, "data.dataset": dataset, "data.root": str(root), "data.storage": "stream",
+               "data.image_size": 24, "data.workers": 1, "augment.random_resized_crop": True, "data.subset": None,
+               "data.val_fraction": 0.25, "train.batch_size": 32}
+    spec = parse_spec(yaml.safe_dump(_spec(changes)))
+    epochs = []
+    value = isolated.run(spec, {"optim.lr": 0.05}, lambda epoch, per_seed: epochs.append(per_seed[0]), lambda r: None)
+    assert 0 <= value <= 1 and epochs[0]["world_size"] == 2 and epochs[0]["val_error"] == value

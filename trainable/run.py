@@ -207,8 +207,8 @@ class Training:
         self.place = place = ranks.here()
         if place.world != tc.devices * tc.nodes:
             raise ConfigError("train.devices", f"{tc.devices * tc.nodes} ranks asked for, and this trial runs in "
-                              f"{place.world} process(es)", "run it with `sweep run` or `sweep train`, which "
-                              "start a process per rank")
+                              f"{place.world} process(es)", "run it with `sweep run`, whose engine starts a process "
+                              "per rank")
         if place.world > 1 and device.type == "cuda" and device.index is None:
             self.device = device = torch.device("cuda", torch.cuda.current_device())  # the rank's own GPU
         if device.type == "cpu":
