@@ -203,12 +203,31 @@ def cmd_train(args) -> int:
             shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             print(f"epoch {epoch:>3}  {shown}", flush=True)
 
-    result = train(cfg, report)
+    if cfg.train.devices * cfg.train.nodes > 1:  # a process per rank, as the engines start them
+        result = _train_ranks(cfg, report)
+    else:
+        result = train(cfg, report)
     if args.json:
         print(json.dumps({"final": True, **result}))
     else:
         print("final  " + "  ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return 0
+
+
+def _train_ranks(cfg, report) -> dict:
+    """One trial of several ranks (train.devices), run as a one-trial sweep runs it (sweeps.isolated)."""
+    import yaml
+
+    from search_spaces.load import parse_spec
+    from sweeps import isolated
+    from trainable import rules
+    from trainable.config import non_defaults
+    rules.check(cfg, rules.Context.here())  # its mistakes as --set keys, not as a spec's lines
+    spec = parse_spec(yaml.safe_dump({"name": "train", "budget": {"trials": 1}, "base": non_defaults(cfg),
+                                      "space": {}}), "sweep train")
+    rows: list[dict] = []
+    isolated.run(spec, {}, lambda epoch, per_seed: report(epoch, per_seed[0]), rows.extend)
+    return {k: v for k, v in rows[0].items() if k not in ("seed", "state", "error")}
 
 
 def cmd_config(args) -> int:

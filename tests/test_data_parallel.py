@@ -197,3 +197,21 @@ def test_two_ranks_train_on_streamed_images(tmp_path, dataset):
     epochs = []
     value = isolated.run(spec, {"optim.lr": 0.05}, lambda epoch, per_seed: epochs.append(per_seed[0]), lambda r: None)
     assert 0 <= value <= 1 and epochs[0]["world_size"] == 2 and epochs[0]["val_error"] == value
+
+
+def test_sweep_train_runs_a_trial_of_two_ranks_and_names_a_batch_that_does_not_split():
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    sets = ["--set", "data.subset=256", "--set", "model.depth=8", "--set", "model.base_channels=4", "--set",
+            "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.threads=1"]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "train", *sets, "--set", "train.devices=2", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line.get("epoch") for line in lines[:2]] == [1, 2] and lines[-1]["final"]
+    assert lines[-1]["world_size"] == 2 and 0 <= lines[-1]["test_error"] <= 1
+    bad = subprocess.run(cmd[:-3] + ["--set", "train.devices=3"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "train.batch_size" in bad.stderr and "Traceback" not in bad.stderr
