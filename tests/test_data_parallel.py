@@ -118,7 +118,33 @@ def _marked(mark: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def test_a_rank_killed_fails_its_trial_and_leaves_nothing_running(write_spec, tmp_path):
+def _listening(mark: str) -> set[str]:
+    """The local addresses of the TCP sockets the marked processes listen on (from /proc)."""
+    import ipaddress
+    import os
+    inodes = set()
+    for pid, _ in _marked(mark):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    raw = bytes.fromhex(fields[1].split(":")[0])
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+                    found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+@pytest.mark.slow
+def test_a_rank_killed_fails_its_trial_leaves_nothing_running_and_nothing_listened_beyond_loopback(write_spec, tmp_path):
     import os
     import signal
     import subprocess
@@ -136,6 +162,8 @@ def test_a_rank_killed_fails_its_trial_and_leaves_nothing_running(write_spec, tm
                                   if "spawn_main" in cmd and "resource_tracker" not in cmd][1:] or None, timeout=120)
         assert ranks, "the trial's ranks did not start"
         wait_for(lambda: False, timeout=3)  # into training
+        listening = _listening(mark.split("=")[1])
+        assert listening <= {"127.0.0.1", "::1"}, listening  # nothing beyond loopback
         os.kill(ranks[-1], signal.SIGKILL)
         out, err = sweep.communicate(timeout=120)
     finally:
@@ -148,6 +176,7 @@ def test_a_rank_killed_fails_its_trial_and_leaves_nothing_running(write_spec, tm
     assert frame.loc[0, "error"].startswith("rank 1 of the trial's 2 processes died (exit code -9)")
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_leaves_no_rank_running_and_its_rerun_resumes_the_trial(write_spec, tmp_path):
     import os
     import signal
@@ -182,6 +211,7 @@ def test_a_killed_sweep_leaves_no_rank_running_and_its_rerun_resumes_the_trial(w
     assert times[:len(saved)] == [h["epoch_time_s"] for h in saved]  # resumed: the killed run's epochs kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["image_folder", "image_shards"])
 def test_two_ranks_train_on_streamed_images(tmp_path, dataset):
     from jpeg_folder import write_jpeg_folder
@@ -199,6 +229,7 @@ def test_two_ranks_train_on_streamed_images(tmp_path, dataset):
     assert 0 <= value <= 1 and epochs[0]["world_size"] == 2 and epochs[0]["val_error"] == value
 
 
+@pytest.mark.slow
 def test_sweep_train_runs_a_trial_of_two_ranks_and_names_a_batch_that_does_not_split():
     import json
     import subprocess
