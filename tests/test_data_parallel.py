@@ -246,3 +246,47 @@ def test_sweep_train_runs_a_trial_of_two_ranks_and_names_a_batch_that_does_not_s
     assert lines[-1]["world_size"] == 2 and 0 <= lines[-1]["test_error"] <= 1
     bad = subprocess.run(cmd[:-3] + ["--set", "train.devices=3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "train.batch_size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _bn(seed: int = 5):
+    from trainable.sync_bn import CpuSyncBatchNorm
+    torch.manual_seed(seed)
+    bn = CpuSyncBatchNorm(8)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    return bn
+
+
+def _bn_rank(rank: int, x: torch.Tensor, g: torch.Tensor, store: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    bn, share = _bn(), x.chunk(2)[rank].clone().requires_grad_(True)
+    y = bn(share)
+    (y * g.chunk(2)[rank]).sum().backward()
+    torch.save({"y": y.detach(), "gx": share.grad, "gw": bn.weight.grad, "gb": bn.bias.grad,
+                "mean": bn.running_mean, "var": bn.running_var}, f"{out}{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_the_cpu_sync_batchnorm_of_two_ranks_is_batchnorm_over_their_whole_batch(tmp_path):
+    import torch.multiprocessing as mp
+    gen = torch.Generator().manual_seed(1)
+    x, g = torch.randn(64, 8, 6, 6, generator=gen) * 2 + 3, torch.randn(64, 8, 6, 6, generator=gen)
+    mp.spawn(_bn_rank, args=(x, g, str(tmp_path / "store"), str(tmp_path / "rank")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    whole = _bn()
+    whole.__class__ = torch.nn.BatchNorm2d  # the same module, normalizing the whole batch in one process
+    xr = x.clone().requires_grad_(True)
+    (whole(xr) * g).sum().backward()
+    reference = torch.nn.functional.batch_norm(x, None, None, whole.weight.detach(), whole.bias.detach(), True)
+    assert torch.allclose(torch.cat([r["y"] for r in ranks]), reference, atol=1e-5)
+    assert torch.allclose(torch.cat([r["gx"] for r in ranks]), xr.grad, atol=1e-5)
+    # Each rank's parameter gradient is its share's; DDP averages them, here summed as one process's.
+    assert torch.allclose(ranks[0]["gw"] + ranks[1]["gw"], whole.weight.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(ranks[0]["gb"] + ranks[1]["gb"], whole.bias.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(ranks[0]["mean"], whole.running_mean, atol=1e-6)
+    assert torch.allclose(ranks[0]["var"], whole.running_var, atol=1e-5)

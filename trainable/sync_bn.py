@@ -2,13 +2,30 @@
 
 On GPUs this is torch's SyncBatchNorm. torch's refuses CPU tensors, so on CPUs
 (gloo) a BatchNorm here sums each channel's count, sum and sum of squares over
-the ranks with the differentiable all-reduce of torch.distributed.nn, so the
-backward pass is synchronized as well.
+the ranks with an all-reduce whose backward pass all-reduces the gradients, so
+each rank's inputs get the gradient of every rank's loss through the statistics.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+
+class _Summed(torch.autograd.Function):
+    """The sum over the ranks; its gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):
@@ -17,11 +34,10 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
         dims = (0, 2, 3)
         local = torch.stack([torch.full_like(x[0, :, 0, 0], x.numel() / x.shape[1], dtype=torch.float32),
                              x.float().sum(dims), x.float().square().sum(dims)])
-        count, total, squares = all_reduce(local)
+        count, total, squares = _Summed.apply(local)
         mean = total / count
         var = squares / count - mean.square()
         if self.track_running_stats:
